@@ -1,0 +1,88 @@
+"""Ingest: normalise a raw pool to one schema with a stable uid, and decide every row."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from pipeline import reasons as R
+from pipeline.config import IngestConfig
+from pipeline.contracts import require_columns
+
+RAW_COLUMNS = ("_uid_given", "url", "text", "image_ref", "_malformed")
+UID_HEX_DIGITS = 32
+# Blank means: only whitespace, separators, zero-width characters or a byte-order mark.
+BLANK_PATTERN = r"^[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]*$"
+DETAIL_CHARS = 200
+
+
+def content_hash(url: Column, text: Column) -> Column:
+    """sha256 over (url, text) with nulls told apart from empty strings; first 32 hex digits."""
+
+    def part(c: Column, tag: str) -> Column:
+        return F.coalesce(F.concat(F.lit(tag + ":"), c), F.lit(tag + "!"))
+
+    return F.substring(F.sha2(F.concat(part(url, "u"), F.lit("\x1f"), part(text, "t")), 256), 1, UID_HEX_DIGITS)
+
+
+def with_ingest_decisions(raw: DataFrame, cfg: IngestConfig, uid_column: str | None, extras: tuple[str, ...] = ()) -> DataFrame:
+    """Add `uid`, `_reason` (null = kept) and `_detail` to a raw pool frame.
+
+    Needs: _uid_given, url, text, image_ref, _malformed (see pipeline.sources).
+    Adds: uid (unique over the frame), _reason, _detail. Duplicate uids keep one row,
+    chosen by content so the choice does not depend on partitioning; the others are
+    renamed '<uid>#dup<k>' and dropped.
+    """
+    require_columns(raw, RAW_COLUMNS, "ingest")
+    url_or_image = F.coalesce(F.col("url"), F.col("image_ref"))
+    hashed = content_hash(url_or_image, F.col("text"))
+    malformed = F.col("_malformed").isNotNull()
+    given = F.col("_uid_given")
+    uid_missing = F.lit(uid_column is not None) & (given.isNull() | (F.trim(given) == ""))
+
+    if uid_column is None:
+        base_uid = hashed
+    else:
+        base_uid = F.when(uid_missing, F.concat(F.lit("missing-"), hashed)).otherwise(given)
+    base_uid = F.when(
+        malformed, F.concat(F.lit("malformed-"), F.substring(F.sha2(F.col("_malformed"), 256), 1, UID_HEX_DIGITS))
+    ).otherwise(base_uid)
+
+    text = F.col("text")
+    blank = text.isNull() | text.rlike(BLANK_PATTERN)
+    # Spark keeps invalid UTF-8 bytes as they are; decoders upstream turn them into U+FFFD.
+    undecodable = ~F.is_valid_utf8(text) | (F.instr(text, "\ufffd") > 0)
+    too_long = F.length(text) > F.lit(cfg.max_text_chars)
+    no_target = (F.col("url").isNull() | (F.trim(F.col("url")) == "")) & F.col("image_ref").isNull()
+
+    reason = (
+        F.when(malformed, F.lit(R.MALFORMED_ROW))
+        .when(uid_missing, F.lit(R.MISSING_UID))
+        .when(blank, F.lit(R.EMPTY_TEXT))
+        .when(undecodable, F.lit(R.UNDECODABLE_TEXT))
+        .when(too_long, F.lit(R.TEXT_TOO_LONG))
+        .when(no_target, F.lit(R.NO_URL_OR_IMAGE))
+    )
+    detail = (
+        F.when(malformed, F.substring(F.col("_malformed"), 1, DETAIL_CHARS))
+        .when(uid_missing, F.lit(f"uid column {uid_column!r} is null or blank; stand-in uid from url+text"))
+        .when(blank, F.when(text.isNull(), F.lit("text is null")).otherwise(F.concat(F.lit("text is blank, length "), F.length(text))))
+        .when(undecodable, F.lit("text is not valid UTF-8 (invalid bytes or U+FFFD)"))
+        .when(too_long, F.concat(F.lit(f"text length > {cfg.max_text_chars}: "), F.length(text)))
+    )
+    df = raw.withColumn("_base_uid", base_uid).withColumn("_reason", reason).withColumn("_detail", detail)
+
+    # One row per uid: prefer a row that survives, then order by content so the pick is total.
+    order = [F.col("_reason").isNull().desc()] + [
+        F.col(c).asc_nulls_first() for c in ("url", "text", "image_ref", "_malformed", *extras) if c in raw.columns
+    ]
+    rank = F.row_number().over(Window.partitionBy("_base_uid").orderBy(*order))
+    dup_reason = R.DUPLICATE_UID if uid_column is not None else R.DUPLICATE_URL_TEXT
+    df = df.withColumn("_rank", rank)
+    is_dup = F.col("_rank") > 1
+    return (
+        df.withColumn("uid", F.when(is_dup, F.concat("_base_uid", F.lit("#dup"), F.col("_rank").cast("string"))).otherwise(F.col("_base_uid")))
+        .withColumn("_detail", F.when(is_dup & F.col("_reason").isNull(), F.concat(F.lit("duplicate of uid "), F.col("_base_uid"))).otherwise(F.col("_detail")))
+        .withColumn("_reason", F.when(is_dup & F.col("_reason").isNull(), F.lit(dup_reason)).otherwise(F.col("_reason")))
+        .drop("_base_uid", "_rank")
+    )

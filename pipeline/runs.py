@@ -1,0 +1,160 @@
+"""A run folder: stages commit atomically (temporary folder, rename, completion marker)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipeline.fs import RunFS
+
+log = logging.getLogger(__name__)
+MARKER = "_COMPLETE"
+PACKAGES = ("curate-pipeline", "pyspark", "pyarrow", "pandas", "numpy", "pyahocorasick", "torch", "open_clip_torch", "faiss-cpu")
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass
+class StageResult:
+    stage: str
+    path: str
+    stats: dict[str, Any]
+    skipped: bool = False
+
+
+class Run:
+    """The run folder `root`: `<root>/<stage>/data`, `<root>/decisions/stage=<stage>`, `<root>/run.json`."""
+
+    def __init__(self, spark, root: str) -> None:
+        self.spark = spark
+        self.fs = RunFS(spark)
+        self.root = root.rstrip("/")
+
+    def stage_dir(self, stage: str) -> str:
+        return f"{self.root}/{stage}"
+
+    def data_dir(self, stage: str) -> str:
+        return f"{self.root}/{stage}/data"
+
+    def ledger_dir(self, stage: str) -> str:
+        return f"{self.root}/decisions/stage={stage}"
+
+    def marker(self, stage: str) -> dict[str, Any] | None:
+        path = f"{self.stage_dir(stage)}/{MARKER}"
+        return self.fs.read_json(path) if self.fs.exists(path) else None
+
+    def is_complete(self, stage: str, fingerprint: str | None = None) -> bool:
+        m = self.marker(stage)
+        return m is not None and (fingerprint is None or m.get("fingerprint") == fingerprint)
+
+    def stats(self, stage: str) -> dict[str, Any]:
+        return self.fs.read_json(f"{self.stage_dir(stage)}/stats.json")
+
+    def write_run_json(self, config: dict[str, Any], seed: int, command: list[str]) -> None:
+        """Record the resolved config, versions and seed; earlier stages' entries are kept."""
+        path = f"{self.root}/run.json"
+        previous = self.fs.read_json(path) if self.fs.exists(path) else {}
+        history = previous.get("invocations", [])
+        history.append({"command": command, "at": _now()})
+        self.fs.mkdirs(self.root)
+        self.fs.write_json(
+            path,
+            {
+                "config": config,
+                "config_hash": config_hash(config),
+                "seed": seed,
+                "versions": package_versions(),
+                "python": platform.python_version(),
+                "spark": self.spark.version,
+                "invocations": history[-50:],
+            },
+        )
+
+    def commit(
+        self,
+        stage: str,
+        kept: DataFrame,
+        ledger: DataFrame,
+        fingerprint: str,
+        extra_stats: dict[str, Any] | None = None,
+        output_partitions: int = 0,
+        started: float | None = None,
+    ) -> StageResult:
+        """Write `kept` and `ledger` for `stage`, then make them visible in one step.
+
+        Everything goes to a temporary folder first; the old stage output is removed, the new
+        one renamed in, and the completion marker written last, so a crash at any point leaves
+        a stage that is either complete or visibly incomplete (no marker) and redone on rerun.
+        """
+        started = started or time.time()
+        tmp = f"{self.root}/_tmp/{stage}-{uuid.uuid4().hex[:12]}"
+        out = kept.repartition(output_partitions) if output_partitions else kept
+        out.write.option("compression", "zstd").parquet(f"{tmp}/data")
+        ledger.write.option("compression", "zstd").parquet(f"{tmp}/ledger")
+
+        # Stats come from what was written, so they agree with the ledger by construction.
+        written = self.spark.read.parquet(f"{tmp}/ledger")
+        by = written.groupBy("decision", "reason").count().collect()
+        kept_n = sum(r["count"] for r in by if r["decision"] == "kept")
+        dropped = {r["reason"]: r["count"] for r in by if r["decision"] == "dropped"}
+        data_n = self.spark.read.parquet(f"{tmp}/data").count()
+        if data_n != kept_n:
+            raise RuntimeError(f"{stage}: wrote {data_n} rows but the ledger keeps {kept_n}; not committing")
+        stats = {
+            "stage": stage,
+            "rows_in": kept_n + sum(dropped.values()),
+            "kept": kept_n,
+            "dropped": dict(sorted(dropped.items())),
+            "dropped_total": sum(dropped.values()),
+            "seconds": round(time.time() - started, 3),
+            "finished": _now(),
+            **(extra_stats or {}),
+        }
+        self.fs.write_json(f"{tmp}/stats.json", stats)
+
+        self.fs.delete(self.stage_dir(stage))
+        self.fs.delete(self.ledger_dir(stage))
+        self.fs.rename(f"{tmp}/ledger", self.ledger_dir(stage))
+        self.fs.rename(tmp, self.stage_dir(stage))
+        self.fs.write_json(
+            f"{self.stage_dir(stage)}/{MARKER}", {"stage": stage, "fingerprint": fingerprint, "at": _now()}
+        )
+        log.info(
+            "%s: %d in, %d kept, %d dropped %s in %.1fs",
+            stage, stats["rows_in"], kept_n, stats["dropped_total"], stats["dropped"], stats["seconds"],
+        )
+        return StageResult(stage, self.stage_dir(stage), stats)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def count_by(df: DataFrame, col: str) -> dict[str, int]:
+    return {r[col]: r["count"] for r in df.groupBy(col).count().collect()}
+
+
+__all__ = ["Run", "StageResult", "config_hash", "count_by", "F"]

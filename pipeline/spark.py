@@ -1,0 +1,75 @@
+"""The one place a SparkSession is built: local mode by default, spark-submit's settings win."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+
+from pipeline.config import SparkConfig
+
+log = logging.getLogger(__name__)
+
+
+class JavaMissingError(RuntimeError):
+    """Spark needs a Java runtime and none was found."""
+
+
+def launched_by_spark_submit() -> bool:
+    # spark-submit starts the Python driver from its JVM and hands it the gateway port.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def check_java() -> None:
+    """Fail with one actionable line when no Java 17+ is on the PATH."""
+    java = shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin")) if os.environ.get("JAVA_HOME") else None
+    java = java or shutil.which("java")
+    if java is None:
+        raise JavaMissingError(
+            "Java not found: Spark needs Java 17+; install it (apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    major = _java_major(out)
+    if major is not None and major < 17:
+        raise JavaMissingError(
+            f"Java {major} found at {java}: Spark 4 needs Java 17+; install openjdk-17-jre-headless or set JAVA_HOME"
+        )
+
+
+def _java_major(version_text: str) -> int | None:
+    import re
+
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', version_text)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2)) if major == 1 and m.group(2) else major
+
+
+def get_spark(cfg: SparkConfig | None = None, app_name: str = "curate"):
+    """Return the active session, or build one from `cfg` (ignored under spark-submit)."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    cfg = cfg or SparkConfig()
+    builder = SparkSession.builder.appName(app_name)
+    if not launched_by_spark_submit():
+        check_java()
+        builder = (
+            builder.master(cfg.master)
+            .config("spark.driver.memory", cfg.driver_memory)
+            .config("spark.ui.enabled", str(cfg.ui).lower())
+            .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.parquet.compression.codec", "zstd")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        )
+        for key, value in cfg.conf.items():
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
+    return spark

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: system packages (Java 17, WordNet 3.0) and the
+# project's virtual environment. Idempotent: a second run only checks.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+# torch and torchvision must be a matching pair: open_clip imports torchvision, and a
+# CPU-only torch wheel offered by a local find-links folder has no torchvision to match.
+TORCH_PAIR="${TORCH_PAIR:-torch==2.14.1 torchvision==0.29.1}"
+STAMP="$VENV/.installed"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@";
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@";
+  else log "need root to run: $*  (install it by hand, then rerun)"; exit 1; fi
+}
+
+APT_UPDATED=0
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "apt-get not found: install $* with your system's package manager"; exit 1
+  fi
+  if [ "$APT_UPDATED" = 0 ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+java_major() {
+  java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1
+}
+
+# Spark 4 needs Java 17 or newer.
+if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ]; then
+  log "Java 17+ not found: installing openjdk-17-jre-headless"
+  apt_install openjdk-17-jre-headless
+fi
+
+# WordNet 3.0 for concept metadata (read by nltk's reader from /usr/share/wordnet).
+if [ ! -f /usr/share/wordnet/data.noun ] && [ ! -f /usr/share/wordnet/dict/data.noun ]; then
+  log "WordNet 3.0 not found: installing wordnet-base"
+  apt_install wordnet-base
+fi
+
+if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/pyproject.toml" ] && [ "$STAMP" -nt "$ROOT/scripts/setup.sh" ]; then
+  exit 0
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment in $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+log "installing $TORCH_PAIR"
+PIP_FIND_LINKS= "$VENV/bin/pip" install -q $TORCH_PAIR
+log "installing the project with its dev extras"
+PIP_FIND_LINKS= "$VENV/bin/pip" install -q -e "$ROOT[dev]" $TORCH_PAIR
+"$VENV/bin/python" -c "import torch, torchvision, open_clip, pyspark, faiss" \
+  || { log "the environment does not import; see the errors above"; exit 1; }
+touch "$STAMP"
+log "ready: $VENV"
