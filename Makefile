@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/curate demo --output runs/demo
+	$(VENV)/bin/curate demo --config configs/demo.yaml --output runs/demo
 
 test: setup
 	$(VENV)/bin/ruff check pipeline jobs schemas tests bench

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import schemas
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+import schemas
 
 _SPARK_TYPES: dict[str, T.DataType] = {
     "string": T.StringType(),

@@ -89,6 +89,11 @@ class Run:
                 "versions": package_versions(),
                 "python": platform.python_version(),
                 "spark": self.spark.version,
+                "spark_master": self.spark.sparkContext.master,
+                "spark_conf": {
+                    k: v for k, v in self.spark.sparkContext.getConf().getAll()
+                    if k.startswith(("spark.master", "spark.sql.shuffle", "spark.executor", "spark.driver.memory"))
+                },
                 "invocations": history[-50:],
             },
         )

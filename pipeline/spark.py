@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 
 from pipeline.config import SparkConfig
 
@@ -58,6 +59,8 @@ def get_spark(cfg: SparkConfig | None = None, app_name: str = "curate"):
     builder = SparkSession.builder.appName(app_name)
     if not launched_by_spark_submit():
         check_java()
+        # Python workers must run the interpreter that has this package and its dependencies.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (
             builder.master(cfg.master)
             .config("spark.driver.memory", cfg.driver_memory)

@@ -1,0 +1,306 @@
+"""Ingest: every format, every bad-input case, and a ledger whose counts add up."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import reasons as R
+from pipeline.api import run_ingest
+from pipeline.config import IngestConfig, PipelineConfig
+from pipeline.ingest import with_ingest_decisions
+from pipeline.ledger import split_decisions
+from pipeline.sources import InputError, read_pool
+
+
+def decide(spark, path, **cfg_kwargs):
+    cfg = IngestConfig(**cfg_kwargs)
+    raw = read_pool(spark, str(path), cfg)
+    decided = with_ingest_decisions(raw.df, cfg, raw.uid_given, raw.extras)
+    kept, ledger = split_decisions(decided)
+    return raw, kept.toPandas(), ledger.toPandas()
+
+
+def reasons_of(ledger) -> dict[str, int]:
+    dropped = ledger[ledger.decision == "dropped"]
+    return dropped.groupby("reason").size().to_dict()
+
+
+def assert_accounted(ledger, n_input: int) -> None:
+    assert len(ledger) == n_input, "every input row has exactly one ledger row"
+    assert ledger.uid.is_unique, "ledger uids are unique"
+    assert set(ledger.decision) <= {"kept", "dropped"}
+    assert ledger[ledger.decision == "kept"].reason.isna().all()
+    assert ledger[ledger.decision == "dropped"].reason.notna().all()
+
+
+def test_parquet_laion_style_columns_and_hash_uid(spark, tmp_path):
+    path = tmp_path / "laion.parquet"
+    pq.write_table(
+        pa.table({"URL": ["http://a/1.jpg", "http://a/2.jpg", "http://a/1.jpg"], "TEXT": ["a dog", "a cat", "a dog"]}),
+        path,
+    )
+    raw, kept, ledger = decide(spark, path)
+    assert raw.fmt == "parquet" and raw.uid_given is None
+    assert sorted(kept.text) == ["a cat", "a dog"]
+    assert reasons_of(ledger) == {R.DUPLICATE_URL_TEXT: 1}
+    assert_accounted(ledger, 3)
+    # The uid is a content hash: the same pair gets the same uid in another file.
+    pq.write_table(pa.table({"url": ["http://a/1.jpg"], "caption": ["a dog"]}), tmp_path / "other.parquet")
+    _, kept2, _ = decide(spark, tmp_path / "other.parquet")
+    assert kept2.uid[0] == kept[kept.text == "a dog"].uid.iloc[0]
+    assert len(kept2.uid[0]) == 32
+
+
+def test_null_vs_empty_url_hash_differently(spark, tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(
+        pa.table({"uid": ["a", "b"], "url": [None, ""], "text": ["x", "x"], "image_ref": ["img.jpg", "img.jpg"]}), path
+    )
+    from pyspark.sql import functions as F
+
+    from pipeline.ingest import content_hash
+
+    df = spark.read.parquet(str(path)).select(content_hash(F.col("url"), F.col("text")).alias("h")).toPandas()
+    assert df.h[0] != df.h[1]
+
+
+def test_tsv_cc3m_style_without_header(spark, tmp_path):
+    path = tmp_path / "cc3m.tsv"
+    path.write_bytes(
+        b'author : a life in photography -- in pictures\thttps://i.example.com/1.jpg\n'
+        b'an angler fishes river on a snowy day .\thttp://www.example.net/2.jpg\n'
+        b'a "quoted" caption\thttp://www.example.net/3.jpg\n'
+    )
+    raw, kept, ledger = decide(spark, path)
+    assert raw.fmt == "tsv"
+    assert kept.url.str.startswith("http").all()
+    assert 'a "quoted" caption' in set(kept.text)
+    assert_accounted(ledger, 3)
+
+
+def test_csv_with_header_quotes_and_ragged_rows(spark, tmp_path):
+    path = tmp_path / "pool.csv"
+    path.write_text(
+        'uid,url,caption\n'
+        'u1,http://a/1.jpg,"dog, cat and bird"\n'
+        'u2,http://a/2.jpg\n'  # ragged: too few fields
+        'u3,http://a/3.jpg,fine,extra\n'  # ragged: too many fields
+        ',http://a/4.jpg,no uid here\n'  # null uid
+        'u1,http://a/5.jpg,same uid again\n',
+        encoding="utf-8",
+    )
+    raw, kept, ledger = decide(spark, path)
+    assert raw.uid_given == "uid"
+    assert kept.text.tolist() == ["dog, cat and bird"]
+    assert reasons_of(ledger) == {R.MALFORMED_ROW: 2, R.MISSING_UID: 1, R.DUPLICATE_UID: 1}
+    dup = ledger[ledger.reason == R.DUPLICATE_UID].iloc[0]
+    assert dup.uid == "u1#dup2" and "u1" in dup.detail
+    assert_accounted(ledger, 5)
+
+
+def test_non_utf8_bytes_and_huge_caption_and_blank(spark, tmp_path):
+    path = tmp_path / "bad.tsv"
+    huge = "w" * (1 << 20)
+    path.write_bytes(
+        b"good caption\thttp://a/1.jpg\n"
+        b"caf\xe9 latin-1 bytes\thttp://a/2.jpg\n"
+        + huge.encode() + b"\thttp://a/3.jpg\n"
+        b" \t\thttp://a/4.jpg\n"
+    )
+    _, kept, ledger = decide(spark, path)
+    assert kept.text.tolist() == ["good caption"]
+    got = reasons_of(ledger)
+    assert got[R.UNDECODABLE_TEXT] == 1 and got[R.TEXT_TOO_LONG] == 1
+    # " \t" before the URL: the blank line's caption is blank, or the row is ragged; either way it is recorded.
+    assert sum(got.values()) == 3
+    assert_accounted(ledger, 4)
+
+
+def test_jsonl_with_a_corrupt_line_and_missing_url(spark, tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text(
+        json.dumps({"url": "http://a/1.jpg", "text": "a red car"}) + "\n"
+        + "{not json\n"
+        + json.dumps({"url": None, "text": "no url"}) + "\n"
+        + json.dumps({"url": "http://a/3.jpg", "text": None}) + "\n",
+        encoding="utf-8",
+    )
+    raw, kept, ledger = decide(spark, path)
+    assert raw.fmt == "jsonl"
+    assert kept.text.tolist() == ["a red car"]
+    assert reasons_of(ledger) == {R.MALFORMED_ROW: 1, R.NO_URL_OR_IMAGE: 1, R.EMPTY_TEXT: 1}
+    assert_accounted(ledger, 4)
+
+
+def test_coco_captions_json(spark, tmp_path):
+    doc = {
+        "images": [
+            {"id": 1, "file_name": "1.jpg", "coco_url": "http://coco/1.jpg", "width": 640, "height": 480, "license": 4},
+            {"id": 2, "file_name": "2.jpg", "coco_url": "http://coco/2.jpg", "width": 10, "height": 20, "license": 1},
+        ],
+        "annotations": [
+            {"image_id": 1, "id": 10, "caption": "A black Honda motorcycle."},
+            {"image_id": 1, "id": 11, "caption": "A motorcycle in a garage."},
+            {"image_id": 2, "id": 12, "caption": "  "},
+        ],
+    }
+    path = tmp_path / "captions_val.json"
+    path.write_text(json.dumps(doc))
+    raw, kept, ledger = decide(spark, path)
+    assert raw.fmt == "coco"
+    assert sorted(kept.source_key) == ["10", "11"]
+    assert set(kept.width) == {640} and set(kept.license) == {"4"}
+    assert reasons_of(ledger) == {R.EMPTY_TEXT: 1}
+
+
+def test_flickr8k_token_file_with_space_separator(spark, tmp_path):
+    path = tmp_path / "Flickr8k.token.txt"
+    path.write_text(
+        "1000268201_693b08cb0e.jpg#0 A child in a pink dress .\n"
+        "1000268201_693b08cb0e.jpg#1\tA girl going into a wooden building .\n"
+        "garbage line without id\n"
+    )
+    raw, kept, ledger = decide(spark, path)
+    assert raw.fmt == "flickr"
+    assert sorted(kept.source_key) == ["1000268201_693b08cb0e.jpg#0", "1000268201_693b08cb0e.jpg#1"]
+    assert set(kept.image_ref) == {"1000268201_693b08cb0e.jpg"}
+    assert reasons_of(ledger) == {R.MALFORMED_ROW: 1}
+
+
+def _tar(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_tars(spark, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tar(
+        shards / "00000.tar",
+        {
+            "000.jpg": b"\xff\xd8fake",
+            "000.txt": b"a dog on the beach",
+            "000.json": json.dumps({"url": "http://a/0.jpg", "width": 64, "height": 48}).encode(),
+            "001.jpg": b"\xff\xd8fake",
+            "001.txt": b"\xffbroken bytes",
+            "002.txt": b"caption without image or url",
+        },
+    )
+    (shards / "00001.tar").write_bytes(b"this is not a tar archive")
+    raw, kept, ledger = decide(spark, shards)
+    assert raw.fmt == "webdataset"
+    assert kept.text.tolist() == ["a dog on the beach"]
+    assert kept.image_ref[0].endswith("00000.tar::000.jpg") and kept.width[0] == 64
+    assert reasons_of(ledger) == {R.UNDECODABLE_TEXT: 1, R.NO_URL_OR_IMAGE: 1, R.MALFORMED_ROW: 1}
+    assert "unreadable tar" in ledger[ledger.reason == R.MALFORMED_ROW].detail.iloc[0]
+
+
+def test_datacomp_metadata_parquet(spark, tmp_path):
+    path = tmp_path / "metadata.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "uid": ["aa", "bb"],
+                "url": ["http://a/1", "http://a/2"],
+                "text": ["one", "two"],
+                "original_width": [100, 200],
+                "original_height": [50, 60],
+                "clip_b32_similarity_score": [0.31, 0.22],
+                "clip_l14_similarity_score": [0.28, 0.2],
+                "sha256": ["x", "y"],
+            }
+        ),
+        path,
+    )
+    raw, kept, _ = decide(spark, path, format="datacomp")
+    assert raw.uid_given == "uid"
+    kept = kept.sort_values("uid")
+    assert kept.uid.tolist() == ["aa", "bb"] and kept.width.tolist() == [100, 200]
+    assert kept.clip_b32_similarity_score.tolist() == pytest.approx([0.31, 0.22])
+    assert "sha256" not in kept.columns
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "input not found"),
+        (lambda p: p.mkdir(), "input is empty"),
+        (lambda p: p.write_text("x"), "cannot tell the format"),
+    ],
+)
+def test_unreadable_inputs_are_one_line_errors(spark, tmp_path, make, message):
+    path = tmp_path / "in.xyz"
+    make(path)
+    with pytest.raises(InputError, match=message) as info:
+        read_pool(spark, str(path), IngestConfig())
+    assert "\n" not in str(info.value)
+
+
+def test_missing_text_column_names_what_is_present(spark, tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"URL": ["http://a"], "words": ["x"]}), path)
+    with pytest.raises(InputError, match="no text column found.*columns present: URL, words"):
+        read_pool(spark, str(path), IngestConfig())
+    with pytest.raises(InputError, match="text column 'nope' not found"):
+        read_pool(spark, str(path), IngestConfig(text_col="nope"))
+
+
+def test_same_output_on_any_partitioning(spark, tmp_path):
+    rows = 300
+    texts = [f"caption {i % 120}" for i in range(rows)]  # many duplicate (url, text) pairs
+    urls = [f"http://a/{i % 150}.jpg" for i in range(rows)]
+    widths = list(range(rows))  # duplicates differ in an extra column: the pick must still be stable
+    pq.write_table(pa.table({"url": urls, "text": texts, "width": widths}), tmp_path / "p.parquet")
+    cfg = IngestConfig()
+    outputs = []
+    for parts in (1, 3, 16):
+        raw = read_pool(spark, str(tmp_path / "p.parquet"), cfg)
+        df = raw.df.repartition(parts)
+        kept, ledger = split_decisions(with_ingest_decisions(df, cfg, raw.uid_given, raw.extras))
+        outputs.append(
+            (
+                sorted(map(tuple, kept.select("uid", "url", "text", "width").collect())),
+                sorted(map(tuple, ledger.collect()), key=str),
+            )
+        )
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_run_ingest_commits_with_stats_and_skips_when_complete(spark, tmp_path):
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"url": ["http://a/1", "http://a/2", None], "text": ["one", "", "three"]}), pool)
+    run = tmp_path / "run"
+    cfg = PipelineConfig()
+    result = run_ingest(spark, str(pool), str(run), cfg)
+    assert not result.skipped
+    stats = json.loads((run / "ingest" / "stats.json").read_text())
+    assert stats["rows_in"] == 3 and stats["kept"] == 1
+    assert stats["dropped"] == {R.EMPTY_TEXT: 1, R.NO_URL_OR_IMAGE: 1}
+    assert (run / "ingest" / "_COMPLETE").is_file()
+    assert not list((run / "_tmp").iterdir()), "no temporary folder is left behind"
+    ledger = spark.read.parquet(str(run / "decisions"))
+    assert ledger.count() == 3 and set(ledger.columns) == {"uid", "decision", "reason", "detail", "stage"}
+    assert spark.read.parquet(str(run / "ingest" / "data")).count() == 1
+    again = run_ingest(spark, str(pool), str(run), cfg)
+    assert again.skipped and again.stats == stats
+    # A changed config is a different fingerprint: the stage is redone.
+    redone = run_ingest(spark, str(pool), str(run), PipelineConfig(ingest=IngestConfig(max_text_chars=3)))
+    assert not redone.skipped and redone.stats["dropped"][R.TEXT_TOO_LONG] == 1
+
+
+def test_stage_without_marker_is_redone(spark, tmp_path):
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"url": ["http://a/1"], "text": ["one"]}), pool)
+    run = tmp_path / "run"
+    run_ingest(spark, str(pool), str(run), PipelineConfig())
+    (run / "ingest" / "_COMPLETE").unlink()  # as if the driver died before the marker
+    assert not run_ingest(spark, str(pool), str(run), PipelineConfig()).skipped
