@@ -1,0 +1,479 @@
+"""Concept metadata (MetaCLIP's entry list): build it from numbers, WordNet, a corpus and titles; load it."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import string
+import tempfile
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
+WORDNET_INSTALL_HINT = "install it with `apt-get install wordnet-base` or pass --wordnet-dir"
+
+# The WordNet 3.0 lexicographer files, in file-number order (lexnames(5WN)). nltk's reader
+# needs a `lexnames` file that Debian's wordnet-base does not ship (README.Debian calls it a
+# remnant the C library has compiled in), so it is written from this table.
+_LEXNAMES = (
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
+    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
+    "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object",
+    "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
+    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
+    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition",
+    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
+    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+)
+_LEX_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+_POS_FILES = ("noun", "verb", "adj", "adv")
+# What nltk's reader opens to list all synsets; cntlist.rev and index.sense are read only
+# for sense counts and sense keys, which this module does not use.
+_WORDNET_FILES = tuple(f"{kind}.{pos}" for kind in ("data", "index") for pos in _POS_FILES) + tuple(
+    f"{pos}.exc" for pos in _POS_FILES
+)
+
+# The characters MetaCLIP's matcher pads with spaces (see MISSION.md, matching semantics).
+WRAPPED_PUNCTUATION = ",.;:?!`"
+_WRAPPED_SPLIT = re.compile("[" + re.escape(WRAPPED_PUNCTUATION) + "]")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+class MetadataError(ValueError):
+    """Concept metadata cannot be built or read: a missing source, a bad file, an empty result."""
+
+
+@dataclass(frozen=True)
+class Concepts:
+    """A loaded concept list. An entry's id is its index in `entries`.
+
+    `synonyms` is set when the file was `{concept: [synonym, ...]}`: it maps each concept to
+    its match strings, the concept name first, all of them present in `entries`.
+    """
+
+    entries: tuple[str, ...]
+    synonyms: dict[str, tuple[str, ...]] | None = None
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def numbers() -> list[str]:
+    """The numbers 0 to 99 as strings, MetaCLIP's first block of entries."""
+    return [str(i) for i in range(100)]
+
+
+# build_metadata's flag `numbers` shadows the function inside the builders.
+_numbers = numbers
+
+
+def wordnet_lemmas(wordnet_dir: str | None = None) -> list[str]:
+    """All lemma names of all WordNet 3.0 synsets, '_' turned into spaces, case kept, sorted.
+
+    Read with nltk's WordNet reader from a WordNet database folder (default: Debian's
+    `wordnet-base` at /usr/share/wordnet). Nothing is downloaded. WordNet 3.0 gives 117,659
+    synsets and 148,730 strings. MetaCLIP's build_metadata.py kept only each synset's name,
+    its first lemma lower-cased (86,555 strings, "new york"); this keeps every lemma with
+    WordNet's case ("New York", "Carassius auratus", "dog").
+    """
+    root = os.path.abspath(wordnet_dir or DEFAULT_WORDNET_DIR)
+    if not os.path.isdir(root):
+        raise MetadataError(f"WordNet folder not found: {root}; {WORDNET_INSTALL_HINT}")
+    missing = [f for f in _WORDNET_FILES if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise MetadataError(
+            f"WordNet folder {root} lacks {', '.join(missing)}; {WORDNET_INSTALL_HINT}"
+        )
+
+    import nltk.data  # late: only this source needs nltk
+
+    start = time.perf_counter()
+    lemmas: set[str] = set()
+    synsets = 0
+    # nltk's CorpusReader (3.10) refuses any file outside an authorised data root and any
+    # symlink that resolves outside the reader's root, so the database is copied next to
+    # the generated `lexnames` file in a private folder that is authorised only while read.
+    with tempfile.TemporaryDirectory(prefix="wordnet-") as tmp:
+        for name in _WORDNET_FILES:
+            shutil.copyfile(os.path.join(root, name), os.path.join(tmp, name))
+        with open(os.path.join(tmp, "lexnames"), "w", encoding="utf-8") as f:
+            for number, lexname in enumerate(_LEXNAMES):
+                f.write(f"{number:02d}\t{lexname}\t{_LEX_CATEGORY[lexname.split('.')[0]]}\n")
+        nltk.data.path.append(tmp)
+        try:
+            reader = _wordnet_reader(tmp)
+            for synset in reader.all_synsets():
+                synsets += 1
+                # Multi-word lemmas are stored with '_' ("New_York"); texts have spaces.
+                lemmas.update(name.replace("_", " ") for name in synset.lemma_names())
+        finally:
+            nltk.data.path.remove(tmp)
+    log.info(
+        "wordnet: %d synsets, %d distinct lemma names from %s in %.1fs",
+        synsets, len(lemmas), root, time.perf_counter() - start,
+    )
+    return sorted(lemmas)
+
+
+def _wordnet_reader(root: str) -> Any:
+    """nltk's WordNetCorpusReader on `root`, without the multilingual (OMW) mapping."""
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class LocalWordNet(WordNetCorpusReader):
+        def map_wn(self, version: str = "wordnet") -> None:
+            # nltk maps any reader onto its own downloaded "wordnet" corpus for OMW lookups,
+            # which would need that download. This database is WordNet 3.0 itself and OMW
+            # is not used (omw_reader is None), so there is nothing to map.
+            return None
+
+    with warnings.catch_warnings():
+        # "The multilingual functions are not available": expected, OMW is not used.
+        warnings.filterwarnings("ignore", message="The multilingual functions", category=UserWarning)
+        return LocalWordNet(root, None)
+
+
+def _open_text(path: str) -> IO[str]:
+    """Open a UTF-8 text file for streaming, gzip when the name ends in .gz."""
+    if os.path.isdir(path):
+        raise MetadataError(f"{path}: is a folder, expected a file")
+    if not os.path.isfile(path):
+        raise MetadataError(f"file not found: {path}")
+    # utf-8-sig: a byte-order mark would otherwise become part of the first word or entry.
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
+
+
+def _lines(path: str) -> Iterator[str]:
+    """The lines of a text file, one at a time; a decoding error names the file."""
+    with _open_text(path) as f:
+        try:
+            yield from f
+        except UnicodeDecodeError as exc:
+            raise MetadataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _segments(line: str) -> Iterator[list[str]]:
+    """The runs of tokens of a line between which a bigram may form.
+
+    Tokenisation mirrors MetaCLIP's matcher so every n-gram produced can match a text:
+    the matcher pads , . ; : ? ! and backtick with spaces, so these split tokens ("3.5" is
+    "3" and "5") and end a run (in "dog, cat" the matcher never sees " dog cat "); then
+    whitespace splits tokens. A token made only of punctuation ("-", "&") is dropped and
+    also ends a run, as MetaCLIP's build_ngram.py does. Case is kept (matching is
+    case-sensitive).
+    """
+    for chunk in _WRAPPED_SPLIT.split(line):
+        run: list[str] = []
+        for token in chunk.split():
+            if all(c in _PUNCTUATION for c in token):
+                if run:
+                    yield run
+                run = []
+            else:
+                run.append(token)
+        if run:
+            yield run
+
+
+def corpus_ngrams(
+    paths: Sequence[str],
+    min_unigram_count: int,
+    min_bigram_pmi: float,
+    min_bigram_count: int = 5,
+) -> tuple[list[str], list[str]]:
+    """Frequent unigrams and high-PMI bigrams of a plain-text corpus, each list sorted.
+
+    MetaCLIP built its entries from English Wikipedia with unigram count >= 100 and bigram
+    PMI >= 30. Files are UTF-8 (gzip when named *.gz), read line by line; memory grows
+    with the number of distinct unigrams and bigrams, not with the corpus size. Bigrams do
+    not cross lines. See `_segments` for the tokenisation.
+
+    Estimator (nltk's BigramAssocMeasures.pmi, which MetaCLIP's build_metadata.py used):
+    with N the number of tokens in the corpus, c(w) a token's count and c(a b) the count
+    of token a directly followed by token b,
+        PMI(a, b) = log2( p(a,b) / (p(a) p(b)) ),  p(a,b) = c(a b) / N,  p(w) = c(w) / N,
+    that is log2( c(a b) * N / (c(a) * c(b)) ). Bigrams with c(a b) < min_bigram_count are
+    skipped: with few observations PMI rewards chance pairs of rare words.
+    """
+    if min_unigram_count < 1:
+        raise MetadataError(f"min_unigram_count must be >= 1, got {min_unigram_count}")
+    if min_bigram_count < 1:
+        raise MetadataError(f"min_bigram_count must be >= 1, got {min_bigram_count}")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise MetadataError("no corpus files given")
+    start = time.perf_counter()
+    unigrams: Counter[str] = Counter()
+    bigrams: Counter[tuple[str, str]] = Counter()
+    for path in paths:
+        for line in _lines(path):
+            for run in _segments(line):
+                unigrams.update(run)
+                bigrams.update(zip(run, run[1:], strict=False))  # adjacent pairs
+    total = sum(unigrams.values())
+    if total == 0:
+        raise MetadataError(f"corpus has no tokens: {', '.join(paths)}")
+
+    kept_unigrams = sorted(w for w, c in unigrams.items() if c >= min_unigram_count)
+    kept_bigrams = []
+    for (a, b), c in bigrams.items():
+        if c < min_bigram_count:
+            continue
+        pmi = math.log2(c * total / (unigrams[a] * unigrams[b]))
+        if pmi >= min_bigram_pmi:
+            kept_bigrams.append(f"{a} {b}")
+    kept_bigrams.sort()
+    log.info(
+        "corpus: %d tokens, %d distinct unigrams (%d with count >= %d), %d distinct bigrams "
+        "(%d with count >= %d and PMI >= %g) in %.1fs",
+        total, len(unigrams), len(kept_unigrams), min_unigram_count, len(bigrams),
+        len(kept_bigrams), min_bigram_count, min_bigram_pmi, time.perf_counter() - start,
+    )
+    return kept_unigrams, kept_bigrams
+
+
+def read_titles(path: str) -> list[str]:
+    """Titles (e.g. Wikipedia article titles), one per line, stripped, blank lines skipped."""
+    return [t for t in (line.strip() for line in _lines(path)) if t]
+
+
+# --------------------------------------------------------------------------- build and write
+
+
+def _collect_sources(
+    *,
+    numbers: bool,
+    wordnet: bool,
+    wordnet_dir: str | None,
+    corpus: Sequence[str] | None,
+    min_unigram_count: int,
+    min_bigram_pmi: float,
+    min_bigram_count: int,
+    titles: str | None,
+) -> dict[str, list[str]]:
+    """Each selected source's entries, in MetaCLIP's order (which fixes the ids)."""
+    if not (numbers or wordnet or corpus or titles):
+        raise MetadataError("no source selected: choose numbers, wordnet, a corpus or titles")
+    sources: dict[str, list[str]] = {}
+    if numbers:
+        sources["numbers"] = _numbers()
+    if wordnet:
+        sources["wordnet"] = wordnet_lemmas(wordnet_dir)
+    if corpus:
+        sources["unigrams"], sources["bigrams"] = corpus_ngrams(
+            corpus, min_unigram_count, min_bigram_pmi, min_bigram_count
+        )
+    if titles:
+        sources["titles"] = read_titles(titles)
+    return sources
+
+
+def _union(sources: dict[str, list[str]]) -> list[str]:
+    """The sources' entries in order, each once (first occurrence wins)."""
+    seen: set[str] = set()
+    entries: list[str] = []
+    for name, items in sources.items():
+        before = len(entries)
+        for item in items:
+            if item not in seen:
+                seen.add(item)
+                entries.append(item)
+        log.info("metadata: %s gives %d entries, %d new", name, len(items), len(entries) - before)
+    if not entries:
+        raise MetadataError(f"metadata is empty: the selected sources ({', '.join(sources)}) gave no entries")
+    return entries
+
+
+def build_metadata(
+    *,
+    numbers: bool,
+    wordnet: bool,
+    wordnet_dir: str | None = None,
+    corpus: Sequence[str] | None = None,
+    min_unigram_count: int = 100,
+    min_bigram_pmi: float = 30.0,
+    min_bigram_count: int = 5,
+    titles: str | None = None,
+) -> list[str]:
+    """The concept list: numbers, WordNet lemmas, corpus unigrams, corpus bigrams, titles.
+
+    Each entry appears once, at its first occurrence in that order, so an entry's id (its
+    index) depends only on the sources and thresholds.
+    """
+    return _union(
+        _collect_sources(
+            numbers=numbers, wordnet=wordnet, wordnet_dir=wordnet_dir, corpus=corpus,
+            min_unigram_count=min_unigram_count, min_bigram_pmi=min_bigram_pmi,
+            min_bigram_count=min_bigram_count, titles=titles,
+        )
+    )
+
+
+def write_metadata(entries: Sequence[str], path: str) -> None:
+    """Write `entries` as a JSON list of strings (MetaCLIP's metadata.json), atomically."""
+    entries = list(entries)
+    # Checked with the loader's rules so that whatever is written can be loaded back.
+    _check_entries(entries, path)
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    # Temporary file in the target's folder: os.replace is atomic only within a filesystem,
+    # so a reader sees the old file or the whole new one, never a partial write.
+    # A unique name opened with "x" rather than mkstemp: mkstemp makes the file 0600, which
+    # would hide the metadata from executors running as another user; "x" honours the umask.
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            json.dump(entries, f, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    log.info("metadata: wrote %d entries to %s", len(entries), target)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _check_entry(entry: object, path: str, where: str) -> str:
+    if not isinstance(entry, str):
+        raise MetadataError(f"{path}: {where} is {type(entry).__name__} {entry!r:.60}, expected a string")
+    if not entry.strip():
+        # An empty entry would match every text ("  " is in every padded text).
+        raise MetadataError(f"{path}: {where} is an empty or blank string")
+    return entry
+
+
+def _check_entries(entries: list[Any], path: str, where: str = "entry") -> tuple[str, ...]:
+    """Validate a plain entry list: strings, non-blank, unique (an id must name one string)."""
+    if not entries:
+        raise MetadataError(f"{path}: the concept list is empty")
+    first: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        _check_entry(entry, path, f"{where} {i}")
+        if entry in first:
+            raise MetadataError(f"{path}: {entry!r} appears twice ({where} {first[entry]} and {i})")
+        first[entry] = i
+    return tuple(entries)
+
+
+def _concepts_from_synonyms(data: dict[str, Any], path: str) -> Concepts:
+    if not data:
+        raise MetadataError(f"{path}: the concept object is empty")
+    entries: dict[str, None] = {}  # insertion-ordered set: file order fixes the ids
+    synonyms: dict[str, tuple[str, ...]] = {}
+    for concept, syns in data.items():
+        _check_entry(concept, path, "a concept name")
+        if not isinstance(syns, list):
+            raise MetadataError(
+                f"{path}: concept {concept!r} maps to {type(syns).__name__}, expected a list of synonyms"
+            )
+        names = [concept]
+        for j, syn in enumerate(syns):
+            _check_entry(syn, path, f"synonym {j} of {concept!r}")
+            if syn not in names:
+                names.append(syn)
+        synonyms[concept] = tuple(names)
+        entries.update(dict.fromkeys(names))
+    return Concepts(entries=tuple(entries), synonyms=synonyms)
+
+
+def load_concepts(path: str) -> Concepts:
+    """Load a concept list: a JSON list of strings (MetaCLIP's metadata.json), a JSON object
+    {concept: [synonym, ...]}, or a text file with one entry per line (blank lines skipped).
+
+    A file is read as JSON when its name ends in .json or its text starts with '[' or '{'.
+    """
+    text = "".join(_lines(path))
+    if path.lower().endswith(".json") or text.lstrip()[:1] in ("[", "{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MetadataError(
+                f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            ) from None
+        if isinstance(data, list):
+            concepts = Concepts(entries=_check_entries(data, path))
+        elif isinstance(data, dict):
+            concepts = _concepts_from_synonyms(data, path)
+        else:
+            raise MetadataError(
+                f"{path}: JSON {type(data).__name__}, expected a list of strings or an object "
+                "{concept: [synonym, ...]}"
+            )
+    else:
+        lines = [line.strip() for line in text.splitlines()]
+        concepts = Concepts(entries=_check_entries([s for s in lines if s], path, "non-blank line"))
+    log.info(
+        "concepts: %d entries%s from %s",
+        len(concepts.entries),
+        f" for {len(concepts.synonyms)} concepts" if concepts.synonyms is not None else "",
+        path,
+    )
+    return concepts
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register `metadata build` on the `curate` command's subparsers."""
+    p = subparsers.add_parser("metadata", help="build the concept list (MetaCLIP's metadata.json)")
+    actions = p.add_subparsers(dest="metadata_command", metavar="ACTION", required=True)
+    b = actions.add_parser(
+        "build",
+        help="build a concept list from numbers, WordNet, a text corpus and titles",
+        description="Entries come in the order numbers, WordNet, unigrams, bigrams, titles; each "
+        "appears once (first occurrence) and its id is its index in the output JSON list.",
+    )
+    b.add_argument("--output", required=True, metavar="FILE", help="the JSON list to write")
+    b.add_argument("--numbers", action="store_true", help="add the numbers 0-99")
+    b.add_argument("--wordnet", action="store_true", help="add all WordNet 3.0 lemma names")
+    b.add_argument(
+        "--wordnet-dir", metavar="DIR", help=f"WordNet database folder (default {DEFAULT_WORDNET_DIR})"
+    )
+    b.add_argument(
+        "--corpus", nargs="+", action="extend", metavar="PATH",
+        help="UTF-8 text file(s), .gz allowed, for unigrams and bigrams",
+    )
+    b.add_argument("--min-unigram-count", type=int, default=100, metavar="N", help="default 100 (MetaCLIP)")
+    b.add_argument("--min-bigram-pmi", type=float, default=30.0, metavar="X", help="log2 PMI, default 30 (MetaCLIP)")
+    b.add_argument("--min-bigram-count", type=int, default=5, metavar="N", help="skip rarer bigrams (default 5)")
+    b.add_argument("--titles", metavar="PATH", help="text file with one title per line")
+    b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    b.set_defaults(func=cmd_metadata_build)
+
+
+def cmd_metadata_build(args: argparse.Namespace) -> int:
+    """`curate metadata build`: build, write, print one summary line."""
+    if args.wordnet_dir and not args.wordnet:
+        raise MetadataError("--wordnet-dir needs --wordnet")
+    sources = _collect_sources(
+        numbers=args.numbers, wordnet=args.wordnet, wordnet_dir=args.wordnet_dir, corpus=args.corpus,
+        min_unigram_count=args.min_unigram_count, min_bigram_pmi=args.min_bigram_pmi,
+        min_bigram_count=args.min_bigram_count, titles=args.titles,
+    )
+    entries = _union(sources)
+    write_metadata(entries, args.output)
+    per_source = ", ".join(f"{name} {len(items)}" for name, items in sources.items())
+    print(f"metadata: {per_source}; {len(entries)} distinct entries -> {os.path.abspath(args.output)}")
+    return 0
