@@ -12,13 +12,15 @@ from collections.abc import Sequence
 from pipeline import __version__
 from pipeline.config import INGEST_FORMATS, ConfigError, PipelineConfig, load_config
 from pipeline.contracts import MissingColumnsError
+from pipeline.match import BACKENDS, MODES
+from pipeline.metadata import MetadataError
 from pipeline.sources import InputError
 from pipeline.spark import JavaMissingError
 
 log = logging.getLogger("curate")
 
 # Errors a person can act on: printed as one line, exit code 2.
-USER_ERRORS = (ConfigError, InputError, MissingColumnsError, JavaMissingError, FileNotFoundError)
+USER_ERRORS = (ConfigError, InputError, MissingColumnsError, JavaMissingError, FileNotFoundError, MetadataError)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -48,6 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
     _common(p)
 
+    p = sub.add_parser("match", help="MetaCLIP substring matching of every text against a metadata list")
+    p.add_argument("--input", required=True, help="a run folder (its ingest output) or a Parquet folder with uid, text")
+    p.add_argument("--metadata", help="metadata.json (JSON list), {concept: [synonyms]} JSON, or one entry a line")
+    p.add_argument("--output", required=True, help="the run folder")
+    p.add_argument("--mode", choices=MODES, help="metaclip (exact, default) or case_insensitive")
+    p.add_argument("--backend", choices=BACKENDS, help="Aho-Corasick implementation (default ahocorasick_rs)")
+    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
+    _common(p)
+
+    p = sub.add_parser("count", help="texts per metadata entry (and per concept through its synonyms)")
+    p.add_argument("--input", required=True, help="a run folder (its match output) or a match stage folder")
+    p.add_argument("--output", required=True, help="the run folder")
+    p.add_argument("--concepts", help="a {concept: [synonym, ...]} JSON file to count as well")
+    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
+    _common(p)
+
+    p = sub.add_parser("balance", help="MetaCLIP balancing: sample entries with count > t down to about t")
+    p.add_argument("--input", required=True, help="a run folder (its match output) or a match stage folder")
+    p.add_argument("--counts", help="the count stage output (default: the run folder's)")
+    p.add_argument("--output", required=True, help="the run folder")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--t", type=int, help="the threshold t (MetaCLIP: 20000 for 400M of 1.6B)")
+    group.add_argument("--tail-fraction", type=float, help="pick t so this share of matches is in entries with count < t")
+    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
+    _common(p)
+
+    from pipeline.metadata import add_cli
+
+    add_cli(sub)
+
     p = sub.add_parser("demo", help="generate a demo pool and run the pipeline on it in Spark local mode")
     p.add_argument("--output", default="runs/demo", help="folder for the pool and the run (default runs/demo)")
     p.add_argument("--rows", type=int, help="pool size (default 5000)")
@@ -68,23 +100,46 @@ def _spark(cfg: PipelineConfig):
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pipeline.api import run_ingest
+
+    overrides = {
+        "ingest.format": args.format,
+        "ingest.text_col": args.text_col,
+        "ingest.url_col": args.url_col,
+        "ingest.uid_col": args.uid_col,
+        "ingest.max_text_chars": args.max_text_chars,
+    }
+    return _stage(args, overrides, run_ingest, args.input)
+
+
+def _stage(args: argparse.Namespace, overrides: dict, runner, *inputs) -> int:
     from pipeline.runs import Run
 
-    cfg = _config(
-        args,
-        {
-            "ingest.format": args.format,
-            "ingest.text_col": args.text_col,
-            "ingest.url_col": args.url_col,
-            "ingest.uid_col": args.uid_col,
-            "ingest.max_text_chars": args.max_text_chars,
-        },
-    )
+    cfg = _config(args, overrides)
     spark = _spark(cfg)
-    Run(spark, args.output).write_run_json(cfg.to_dict(), cfg.seed, ["ingest", *sys.argv[1:]])
-    result = run_ingest(spark, args.input, args.output, cfg, force=args.force)
+    Run(spark, args.output).write_run_json(cfg.to_dict(), cfg.seed, [args.command, *sys.argv[1:]])
+    result = runner(spark, *inputs, args.output, cfg, force=args.force)
     print(json.dumps(result.stats, indent=2, sort_keys=True))
     return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from pipeline.api import run_match
+
+    overrides = {"match.metadata": args.metadata, "match.mode": args.mode, "match.backend": args.backend}
+    return _stage(args, overrides, run_match, args.input)
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    from pipeline.api import run_count
+
+    return _stage(args, {"count.concepts": args.concepts}, run_count, args.input)
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    from pipeline.api import run_balance
+
+    overrides = {"balance.t": args.t, "balance.tail_fraction": args.tail_fraction}
+    return _stage(args, overrides, run_balance, args.input, args.counts)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -110,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "demo": cmd_demo}
+COMMANDS = {"ingest": cmd_ingest, "match": cmd_match, "count": cmd_count, "balance": cmd_balance, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        return COMMANDS[args.command](args)
+        command = getattr(args, "func", None) or COMMANDS[args.command]
+        return command(args)
     except USER_ERRORS as exc:
         print(f"curate {args.command}: error: {exc}", file=sys.stderr)
         return 2

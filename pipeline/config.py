@@ -57,6 +57,48 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class MatchConfig:
+    # A MetaCLIP metadata.json (JSON list), a {concept: [synonyms]} JSON or a text file, one entry a line.
+    metadata: str | None = None
+    # "metaclip" is MetaCLIP's exact, case-sensitive matching; "case_insensitive" lowercases both sides.
+    mode: str = "metaclip"
+    backend: str = "ahocorasick_rs"
+
+    def validate(self, where: str) -> None:
+        from pipeline.match import BACKENDS, MODES
+
+        if self.mode not in MODES:
+            raise ConfigError(f"{where}.mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"{where}.backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+
+
+@dataclass(frozen=True)
+class CountConfig:
+    # Optional downstream concept list with synonyms ({concept: [synonym, ...]}), counted too.
+    concepts: str | None = None
+
+    def validate(self, where: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    # MetaCLIP's threshold t (20k for 400M of a 1.6B pool, 170k for 2.5B) ...
+    t: int | None = None
+    # ... or the share of all matches that falls in entries with count < t (MetaCLIP 2).
+    tail_fraction: float | None = None
+
+    def validate(self, where: str) -> None:
+        if self.t is not None and self.tail_fraction is not None:
+            raise ConfigError(f"{where}: give either t or tail_fraction, not both")
+        if self.t is not None and self.t < 1:
+            raise ConfigError(f"{where}.t: must be >= 1, got {self.t}")
+        if self.tail_fraction is not None and not 0.0 < self.tail_fraction <= 1.0:
+            raise ConfigError(f"{where}.tail_fraction: must be in (0, 1], got {self.tail_fraction}")
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     rows: int = 5000
     concepts: int = 300
@@ -85,6 +127,9 @@ class PipelineConfig:
     seed: int = 0
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    count: CountConfig = field(default_factory=CountConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def validate(self, where: str = "config") -> None:

@@ -155,3 +155,57 @@ def get_matcher(key: str, entries: Callable[[], Sequence[str]], mode: str, backe
             _CACHE[full] = matcher
             log.info("built %s matcher over %d entries (%d patterns)", backend, matcher.n_entries, len(matcher.patterns))
         return matcher
+
+
+# --- Spark adapter -------------------------------------------------------------------------
+
+
+def with_entry_ids(df, entries: Sequence[str], mode: str = "metaclip", backend: str = "ahocorasick_rs"):
+    """Add `entry_ids` (sorted list<int32>, possibly empty) for the `text` column.
+
+    Needs: text. Adds: entry_ids. The entry list travels once per executor as a broadcast;
+    each Python worker process builds its automaton on first use and keeps it for every
+    later batch and task (Spark reuses Python workers).
+    """
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    from pipeline.contracts import require_columns
+
+    require_columns(df, ("text",), "match")
+    key = entries_fingerprint(entries, mode)
+    shared = df.sparkSession.sparkContext.broadcast(list(entries))
+    out_schema = T.StructType(
+        df.schema.fields + [T.StructField("entry_ids", T.ArrayType(T.IntegerType(), containsNull=False), False)]
+    )
+    list_type = pa.list_(pa.field("element", pa.int32(), nullable=False))
+    text_index = df.columns.index("text")
+
+    def run(batches):
+        matcher = get_matcher(key, lambda: shared.value, mode, backend)
+        for batch in batches:
+            offsets, values = matcher.match_batch(batch.column(text_index).to_pylist())
+            ids = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()), type=list_type)
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, ids], schema=batch.schema.append(pa.field("entry_ids", list_type, nullable=False))
+            )
+
+    return df.mapInArrow(run, out_schema)
+
+
+def with_match_decisions(df, entries: Sequence[str], mode: str = "metaclip", backend: str = "ahocorasick_rs"):
+    """The match stage: `entry_ids` per text; texts matching nothing are dropped (MetaCLIP's curation).
+
+    Needs: uid, text. Adds: entry_ids, _reason, _detail.
+    """
+    from pyspark.sql import functions as F
+
+    from pipeline import reasons as R
+    from pipeline.contracts import require_columns
+
+    require_columns(df, ("uid", "text"), "match")
+    matched = with_entry_ids(df, entries, mode, backend)
+    none = F.size("entry_ids") == 0
+    return matched.withColumn("_reason", F.when(none, F.lit(R.NO_CONCEPT_MATCH))).withColumn(
+        "_detail", F.when(none, F.lit(f"no entry of {len(entries)} matched ({mode})"))
+    )

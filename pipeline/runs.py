@@ -14,7 +14,6 @@ from importlib import metadata
 from typing import Any
 
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from pipeline.fs import RunFS
 
@@ -107,59 +106,96 @@ class Run:
         extra_stats: dict[str, Any] | None = None,
         output_partitions: int = 0,
         started: float | None = None,
+        tables: dict[str, DataFrame] | None = None,
+        files: dict[str, Any] | None = None,
     ) -> StageResult:
-        """Write `kept` and `ledger` for `stage`, then make them visible in one step.
+        """Write `kept` and `ledger` for `stage` (plus side tables and JSON files), then make them visible.
 
-        Everything goes to a temporary folder first; the old stage output is removed, the new
-        one renamed in, and the completion marker written last, so a crash at any point leaves
-        a stage that is either complete or visibly incomplete (no marker) and redone on rerun.
+        Stats come from the written ledger, so they agree with it by construction.
+        """
+
+        def write(tmp: str) -> dict[str, Any]:
+            out = kept.repartition(output_partitions) if output_partitions else kept
+            out.write.option("compression", "zstd").parquet(f"{tmp}/data")
+            ledger.write.option("compression", "zstd").parquet(f"{tmp}/ledger")
+            written = self.spark.read.parquet(f"{tmp}/ledger")
+            by = written.groupBy("decision", "reason").count().collect()
+            kept_n = sum(r["count"] for r in by if r["decision"] == "kept")
+            dropped = {r["reason"]: r["count"] for r in by if r["decision"] == "dropped"}
+            data_n = self.spark.read.parquet(f"{tmp}/data").count()
+            if data_n != kept_n:
+                raise RuntimeError(f"{stage}: wrote {data_n} rows but the ledger keeps {kept_n}; not committing")
+            return {
+                "rows_in": kept_n + sum(dropped.values()),
+                "kept": kept_n,
+                "dropped": dict(sorted(dropped.items())),
+                "dropped_total": sum(dropped.values()),
+            }
+
+        return self._commit(stage, write, fingerprint, extra_stats, started, tables, files, with_ledger=True)
+
+    def commit_tables(
+        self,
+        stage: str,
+        tables: dict[str, DataFrame],
+        fingerprint: str,
+        extra_stats: dict[str, Any] | None = None,
+        started: float | None = None,
+        files: dict[str, Any] | None = None,
+    ) -> StageResult:
+        """Commit a stage that decides no rows (e.g. counting): named tables, stats, marker."""
+        return self._commit(stage, lambda tmp: {}, fingerprint, extra_stats, started, tables, files, with_ledger=False)
+
+    def _commit(self, stage, write, fingerprint, extra_stats, started, tables, files, with_ledger) -> StageResult:
+        """Write into a temporary folder; remove the old output, rename the new one in, marker last.
+
+        A crash at any point leaves the stage either complete or visibly incomplete (no marker),
+        and an incomplete stage is redone on the next run.
         """
         started = started or time.time()
         tmp = f"{self.root}/_tmp/{stage}-{uuid.uuid4().hex[:12]}"
-        out = kept.repartition(output_partitions) if output_partitions else kept
-        out.write.option("compression", "zstd").parquet(f"{tmp}/data")
-        ledger.write.option("compression", "zstd").parquet(f"{tmp}/ledger")
-
-        # Stats come from what was written, so they agree with the ledger by construction.
-        written = self.spark.read.parquet(f"{tmp}/ledger")
-        by = written.groupBy("decision", "reason").count().collect()
-        kept_n = sum(r["count"] for r in by if r["decision"] == "kept")
-        dropped = {r["reason"]: r["count"] for r in by if r["decision"] == "dropped"}
-        data_n = self.spark.read.parquet(f"{tmp}/data").count()
-        if data_n != kept_n:
-            raise RuntimeError(f"{stage}: wrote {data_n} rows but the ledger keeps {kept_n}; not committing")
-        stats = {
-            "stage": stage,
-            "rows_in": kept_n + sum(dropped.values()),
-            "kept": kept_n,
-            "dropped": dict(sorted(dropped.items())),
-            "dropped_total": sum(dropped.values()),
-            "seconds": round(time.time() - started, 3),
-            "finished": _now(),
-            **(extra_stats or {}),
-        }
+        stats: dict[str, Any] = {"stage": stage, **write(tmp)}
+        for name, df in (tables or {}).items():
+            df.write.option("compression", "zstd").parquet(f"{tmp}/{name}")
+        for name, obj in (files or {}).items():
+            self.fs.write_json(f"{tmp}/{name}", obj)
+        stats.update({"seconds": round(time.time() - started, 3), "finished": _now(), **(extra_stats or {})})
         self.fs.write_json(f"{tmp}/stats.json", stats)
 
         self.fs.delete(self.stage_dir(stage))
         self.fs.delete(self.ledger_dir(stage))
-        self.fs.rename(f"{tmp}/ledger", self.ledger_dir(stage))
+        if with_ledger:
+            self.fs.rename(f"{tmp}/ledger", self.ledger_dir(stage))
         self.fs.rename(tmp, self.stage_dir(stage))
         self.fs.write_json(
             f"{self.stage_dir(stage)}/{MARKER}", {"stage": stage, "fingerprint": fingerprint, "at": _now()}
         )
-        log.info(
-            "%s: %d in, %d kept, %d dropped %s in %.1fs",
-            stage, stats["rows_in"], kept_n, stats["dropped_total"], stats["dropped"], stats["seconds"],
-        )
+        if with_ledger:
+            log.info(
+                "%s: %d in, %d kept, %d dropped %s in %.1fs",
+                stage, stats["rows_in"], stats["kept"], stats["dropped_total"], stats["dropped"], stats["seconds"],
+            )
+        else:
+            log.info("%s: done in %.1fs", stage, stats["seconds"])
         return StageResult(stage, self.stage_dir(stage), stats)
+
+    def resolve_input(self, path: str, upstream: str) -> str:
+        """`path` as a stage input: a run folder means its `upstream` stage's data, a stage folder its data."""
+        path = path.rstrip("/")
+        if self.fs.exists(f"{path}/{upstream}/{MARKER}"):
+            return f"{path}/{upstream}/data"
+        if self.fs.exists(f"{path}/{MARKER}") and self.fs.exists(f"{path}/data"):
+            return f"{path}/data"
+        if self.fs.exists(f"{path}/{upstream}"):
+            raise FileNotFoundError(f"{path}/{upstream} is incomplete (no {MARKER}); rerun the {upstream} stage")
+        if not self.fs.exists(path):
+            raise FileNotFoundError(f"input not found: {path}")
+        return path
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def count_by(df: DataFrame, col: str) -> dict[str, int]:
-    return {r[col]: r["count"] for r in df.groupBy(col).count().collect()}
 
 
-__all__ = ["Run", "StageResult", "config_hash", "count_by", "F"]
