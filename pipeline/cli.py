@@ -143,23 +143,48 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.api import run_ingest
-    from pipeline.demo import generate_pool
+    import dataclasses
+
+    from pipeline.api import run_balance, run_count, run_ingest, run_match
+    from pipeline.demo import generate_pool, write_concepts
+    from pipeline.ledger import check_accounting
+    from pipeline.metadata import build_metadata, write_metadata
     from pipeline.runs import Run
 
     cfg = _config(args, {"demo.rows": args.rows})
     out = os.path.abspath(args.output)
     pool = generate_pool(os.path.join(out, "pool"), cfg.demo, seed=cfg.seed)
+    metadata = os.path.join(out, "metadata.json")
+    if not os.path.exists(metadata):
+        log.info("building demo metadata: numbers 0-99 + WordNet 3.0 lemma names (once; reused on later demos)")
+        write_metadata(build_metadata(numbers=True, wordnet=True), metadata)
+    concepts = write_concepts(os.path.join(out, "pool", "concepts.json"))
+    cfg = dataclasses.replace(
+        cfg,
+        match=dataclasses.replace(cfg.match, metadata=cfg.match.metadata or metadata),
+        count=dataclasses.replace(cfg.count, concepts=cfg.count.concepts or concepts),
+        balance=cfg.balance if (cfg.balance.t or cfg.balance.tail_fraction) else dataclasses.replace(cfg.balance, tail_fraction=0.3),
+    )
     spark = _spark(cfg)
     run_root = os.path.join(out, "run")
     Run(spark, run_root).write_run_json(cfg.to_dict(), cfg.seed, ["demo", *sys.argv[1:]])
-    result = run_ingest(spark, pool.path, run_root, cfg, force=True)
-    s = result.stats
+    ingest = run_ingest(spark, pool.path, run_root, cfg, force=True).stats
+    match = run_match(spark, run_root, run_root, cfg, force=True).stats
+    count = run_count(spark, run_root, run_root, cfg, force=True).stats
+    balance = run_balance(spark, run_root, None, run_root, cfg, force=True).stats
+    accounting = check_accounting(spark, run_root, ["ingest", "match", "balance"])
+
+    def line(s: dict) -> str:
+        return f"{s['rows_in']} in, {s['kept']} kept, {s['dropped_total']} dropped {s['dropped']}"
+
     print(f"demo pool:  {pool.path} ({pool.rows} rows, images in {pool.images})")
-    print(f"ingest:     {s['rows_in']} in, {s['kept']} kept, {s['dropped_total']} dropped {s['dropped']}")
-    print(f"outputs:    {run_root}/ingest/data  (Parquet: uid, url, text, ...)")
-    print(f"decisions:  {run_root}/decisions     (Parquet, partitioned by stage)")
-    print(f"stats:      {run_root}/ingest/stats.json")
+    print(f"ingest:     {line(ingest)}")
+    print(f"match:      {line(match)} against {match['entries']} entries ({match['match_mode']})")
+    print(f"count:      {count['texts']} texts; per-entry counts in {run_root}/count/data, concepts in {run_root}/count/concepts")
+    print(f"balance:    {line(balance)}; t={balance['t']:g} ({balance['t_from']}), expected {balance['expected_kept']:.0f} kept")
+    print(f"outputs:    {run_root}/balance/data  (the curated subset: uid, text, entry_ids, url, ...)")
+    print(f"decisions:  {run_root}/decisions     (Parquet ledger, partitioned by stage)")
+    print(f"accounting: each of {accounting['inputs']} input uids has exactly one terminal state; {accounting['kept']} kept")
     print(f"run record: {run_root}/run.json")
     print("report:     not built yet (the report stage lands with the concept-frequency issue)")
     return 0

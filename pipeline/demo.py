@@ -158,3 +158,13 @@ def generate_pool(out_dir: str, cfg: DemoConfig, seed: int = 0, base_url: str = 
     pq.write_table(table, path, compression="zstd")
     log.info("demo pool: %d rows (%d near-duplicates, %d malformed) -> %s", len(keys), n_dup, n_bad, path)
     return DemoPool(path, os.path.join(out_dir, "images"), len(keys), n_bad, n_dup)
+
+
+def write_concepts(path: str, n: int = 100) -> str:
+    """A downstream concept list with synonyms for the demo: the first `n` nouns, singular and plural."""
+    import json
+
+    concepts = {noun: [noun, noun + "s"] for noun in NOUNS[:n]}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(concepts, fh, indent=1)
+    return path

@@ -43,3 +43,31 @@ def terminal_states(ledger: DataFrame, stage_order: list[str]) -> DataFrame:
     rank = F.create_map(*[x for i, s in enumerate(stage_order) for x in (F.lit(s), F.lit(i))])
     w = Window.partitionBy("uid").orderBy(rank[F.col("stage")].desc())
     return ledger.withColumn("_n", F.row_number().over(w)).where(F.col("_n") == 1).drop("_n")
+
+
+def check_accounting(spark, run_root: str, stage_order: list[str], first_stage: str = "ingest") -> dict:
+    """Every input uid has exactly one terminal state, and the last stage's kept uids are its output.
+
+    Returns a summary; raises AssertionError naming the broken rule.
+    """
+    ledger = read_ledger(spark, run_root, stage_order).cache()
+    inputs = ledger.where(F.col("stage") == first_stage).select("uid")
+    n_inputs = inputs.count()
+    if inputs.distinct().count() != n_inputs:
+        raise AssertionError(f"{first_stage} ledger has repeated uids")
+    terminal = terminal_states(ledger, stage_order).cache()
+    n_terminal = terminal.count()
+    if n_terminal != n_inputs:
+        raise AssertionError(f"{n_terminal} uids have a terminal state but {n_inputs} entered {first_stage}")
+    last = stage_order[-1]
+    stray = terminal.where((F.col("decision") == "kept") & (F.col("stage") != last)).count()
+    if stray:
+        raise AssertionError(f"{stray} uids were kept by an earlier stage but never reached {last}")
+    kept = terminal.where(F.col("decision") == "kept").select("uid")
+    output = spark.read.parquet(f"{run_root}/{last}/data").select("uid")
+    if kept.exceptAll(output).count() or output.exceptAll(kept).count():
+        raise AssertionError(f"kept uids in the ledger differ from {last}'s output")
+    by = {(r["stage"], r["reason"]): r["count"] for r in terminal.where("decision = 'dropped'").groupBy("stage", "reason").count().collect()}
+    ledger.unpersist()
+    terminal.unpersist()
+    return {"inputs": n_inputs, "kept": n_inputs - sum(by.values()), "dropped": {f"{s}/{r}": n for (s, r), n in sorted(by.items())}}

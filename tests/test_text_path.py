@@ -233,3 +233,29 @@ def test_cli_text_path_and_its_errors(spark, tmp_path, capsys):
 def test_balance_config_rejects_both_thresholds():
     with pytest.raises(ConfigError, match="either t or tail_fraction"):
         PipelineConfig(balance=BalanceConfig(t=5, tail_fraction=0.1)).validate()
+
+
+def test_accounting_holds_after_the_text_path_and_catches_a_lost_row(spark, tmp_path):
+    from pipeline.ledger import check_accounting
+
+    pool = _pool(tmp_path, ["a dog", "a cat", "", "nothing", "dog cat", "a dog"], 1)
+    meta = tmp_path / "m.json"
+    meta.write_text(json.dumps(["dog", "cat"]))
+    run = str(tmp_path / "run")
+    cfg = PipelineConfig(match=MatchConfig(metadata=str(meta)), balance=BalanceConfig(t=1))
+    run_ingest(spark, str(pool), run, cfg)
+    run_match(spark, run, run, cfg)
+    run_count(spark, run, run, cfg)
+    run_balance(spark, run, None, run, cfg)
+    summary = check_accounting(spark, run, ["ingest", "match", "balance"])
+    assert summary["inputs"] == 6
+    assert summary["dropped"]["ingest/empty_text"] == 1 and summary["dropped"]["match/no_concept_match"] == 1
+    # Remove one kept row from the final output: the check must notice.
+    data = tmp_path / "run" / "balance" / "data"
+    table = pq.read_table(data)
+    if table.num_rows:
+        for f in data.glob("*.parquet"):
+            f.unlink()
+        pq.write_table(table.slice(1), data / "part-0.parquet")
+        with pytest.raises(AssertionError, match="differ"):
+            check_accounting(spark, run, ["ingest", "match", "balance"])
