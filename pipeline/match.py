@@ -100,7 +100,13 @@ class Matcher:
     def _find(self, haystack: str) -> np.ndarray:
         """(pattern index, end offset) of every match, overlapping ones included."""
         if self.backend == "ahocorasick_rs":
-            found = self._automaton.find_matches_as_indexes(haystack, overlapping=True)
+            try:
+                found = self._automaton.find_matches_as_indexes(haystack, overlapping=True)
+            except UnicodeEncodeError:
+                # Lone surrogates (possible only from Python callers, never from Arrow) cannot
+                # be encoded; U+FFFD keeps every offset, and no pattern holds a lone surrogate.
+                haystack = haystack.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+                found = self._automaton.find_matches_as_indexes(haystack, overlapping=True)
             flat = np.fromiter(itertools.chain.from_iterable(found), np.int64, 3 * len(found)).reshape(-1, 3)
             return flat[:, [0, 2]]
         found = list(self._automaton.iter(haystack))
@@ -129,7 +135,10 @@ class Matcher:
             first = np.repeat(self._id_offsets[pattern], per)
             step = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per)
             ids = self._ids[first + step]
-        keys = np.unique(doc * np.int64(self.n_entries) + ids)
+        # sort + neighbour mask: same result as np.unique, many times faster on int64 keys
+        keys = np.sort(doc * np.int64(self.n_entries) + ids)
+        if len(keys):
+            keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
         doc = keys // self.n_entries
         values = (keys - doc * self.n_entries).astype(np.int32)
         offsets = np.concatenate([[0], np.cumsum(np.bincount(doc, minlength=n))]).astype(np.int32)
@@ -142,18 +151,22 @@ class Matcher:
 
 _CACHE: dict[str, Matcher] = {}
 _LOCK = threading.Lock()
+# A worker may serve the main metadata and a downstream synonym list in turn (count stage);
+# keep both, but no more: a 500k-entry automaton is a few hundred MB.
+_CACHE_SIZE = 2
 
 
 def get_matcher(key: str, entries: Callable[[], Sequence[str]], mode: str, backend: str) -> Matcher:
     """The process-wide matcher for `key`, built on first use and reused by every later batch and task."""
     full = f"{key}:{mode}:{backend}"
     with _LOCK:
-        matcher = _CACHE.get(full)
+        matcher = _CACHE.pop(full, None)
         if matcher is None:
             matcher = Matcher(entries(), mode, backend)
-            _CACHE.clear()  # one automaton per process: a new metadata list replaces the old
-            _CACHE[full] = matcher
             log.info("built %s matcher over %d entries (%d patterns)", backend, matcher.n_entries, len(matcher.patterns))
+            while len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)))  # least recently used first
+        _CACHE[full] = matcher
         return matcher
 
 
