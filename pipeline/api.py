@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from pyspark import StorageLevel
-
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.ingest import with_ingest_decisions
-from pipeline.ledger import split_decisions
 from pipeline.runs import Run, StageResult, config_hash
 from pipeline.sources import read_pool
 
@@ -25,21 +22,16 @@ def run_ingest(spark, input_path: str, run_root: str, cfg: PipelineConfig, force
         return StageResult("ingest", run.stage_dir("ingest"), run.stats("ingest"), skipped=True)
     started = time.time()
     raw = read_pool(spark, input_path, cfg.ingest)
-    decided = with_ingest_decisions(raw.df, cfg.ingest, raw.uid_given, raw.extras).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        kept, ledger = split_decisions(decided)
-        kept = kept.select("uid", "url", "text", *[c for c in raw.extras if c in kept.columns])
-        return run.commit(
-            "ingest",
-            kept,
-            ledger,
-            fingerprint,
-            extra_stats={"input": input_path, "format": raw.fmt, "uid_column": raw.uid_given},
-            output_partitions=cfg.ingest.output_partitions,
-            started=started,
-        )
-    finally:
-        decided.unpersist()
+    decided = with_ingest_decisions(raw.df, cfg.ingest, raw.uid_given, raw.extras)
+    return run.commit(
+        "ingest",
+        decided,
+        fingerprint,
+        shape=lambda kept: kept.select("uid", "url", "text", *[c for c in raw.extras if c in kept.columns]),
+        extra_stats={"input": input_path, "format": raw.fmt, "uid_column": raw.uid_given},
+        output_partitions=cfg.ingest.output_partitions,
+        started=started,
+    )
 
 
 def _entries_of(path: str):
@@ -66,28 +58,23 @@ def run_match(spark, input_path: str, run_root: str, cfg: PipelineConfig, force:
         return StageResult("match", run.stage_dir("match"), run.stats("match"), skipped=True)
     started = time.time()
     df = spark.read.parquet(source)
-    decided = with_match_decisions(df, entries, cfg.match.mode, cfg.match.backend).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        kept, ledger = split_decisions(decided)
-        front = ["uid", "text", "entry_ids"]
-        kept = kept.select(*front, *[c for c in kept.columns if c not in front])
-        return run.commit(
-            "match",
-            kept,
-            ledger,
-            fingerprint,
-            extra_stats={
-                "input": source,
-                "metadata": cfg.match.metadata,
-                "entries": len(entries),
-                "match_mode": cfg.match.mode,
-                "backend": cfg.match.backend,
-            },
-            started=started,
-            files={"metadata.json": entries},
-        )
-    finally:
-        decided.unpersist()
+    decided = with_match_decisions(df, entries, cfg.match.mode, cfg.match.backend)
+    front = ["uid", "text", "entry_ids"]
+    return run.commit(
+        "match",
+        decided,
+        fingerprint,
+        shape=lambda kept: kept.select(*front, *[c for c in kept.columns if c not in front]),
+        extra_stats={
+            "input": source,
+            "metadata": cfg.match.metadata,
+            "entries": len(entries),
+            "match_mode": cfg.match.mode,
+            "backend": cfg.match.backend,
+        },
+        started=started,
+        files={"metadata.json": entries},
+    )
 
 
 def run_count(spark, input_path: str, run_root: str, cfg: PipelineConfig, force: bool = False) -> StageResult:
@@ -199,28 +186,26 @@ def run_balance(spark, input_path: str, counts_path: str | None, run_root: str, 
     started = time.time()
     p = keep_probabilities(counts, t)
     df = spark.read.parquet(source)
-    decided = with_balance_decisions(df, p, cfg.seed, t).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        expected = decided.agg(F.sum("keep_prob")).first()[0] or 0.0
-        kept, ledger = split_decisions(decided)
-        result = run.commit(
-            "balance",
-            kept,
-            ledger,
-            fingerprint,
-            extra_stats={
-                "input": source,
-                "counts": counts_source,
-                "t": t,
-                "t_from": "t" if b.t is not None else f"tail_fraction={b.tail_fraction}",
-                "tail_share": tail_share,
-                "seed": cfg.seed,
-                "head_entries": int((counts > t).sum()),
-                "expected_kept": round(float(expected), 3),
-            },
-            started=started,
-        )
-        log.info("balance: t=%g, expected %.1f kept, actual %d", t, expected, result.stats["kept"])
-        return result
-    finally:
-        decided.unpersist()
+    decided = with_balance_decisions(df, p, cfg.seed, t)
+
+    def expected(written) -> dict:
+        return {"expected_kept": round(float(written.agg(F.sum("keep_prob")).first()[0] or 0.0), 3)}
+
+    result = run.commit(
+        "balance",
+        decided,
+        fingerprint,
+        stats_from=expected,
+        extra_stats={
+            "input": source,
+            "counts": counts_source,
+            "t": t,
+            "t_from": "t" if b.t is not None else f"tail_fraction={b.tail_fraction}",
+            "tail_share": tail_share,
+            "seed": cfg.seed,
+            "head_entries": int((counts > t).sum()),
+        },
+        started=started,
+    )
+    log.info("balance: t=%g, expected %.1f kept, actual %d", t, result.stats["expected_kept"], result.stats["kept"])
+    return result

@@ -8,6 +8,7 @@ import logging
 import platform
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -16,6 +17,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 
 from pipeline.fs import RunFS
+from pipeline.ledger import split_decisions
 
 log = logging.getLogger(__name__)
 MARKER = "_COMPLETE"
@@ -100,24 +102,33 @@ class Run:
     def commit(
         self,
         stage: str,
-        kept: DataFrame,
-        ledger: DataFrame,
+        decided: DataFrame,
         fingerprint: str,
+        shape: Callable[[DataFrame], DataFrame] = lambda kept: kept,
         extra_stats: dict[str, Any] | None = None,
         output_partitions: int = 0,
         started: float | None = None,
-        tables: dict[str, DataFrame] | None = None,
         files: dict[str, Any] | None = None,
+        stats_from: Callable[[DataFrame], dict[str, Any]] | None = None,
     ) -> StageResult:
-        """Write `kept` and `ledger` for `stage` (plus side tables and JSON files), then make them visible.
+        """Commit a stage that decides rows: `decided` carries `_reason` (null = kept) and `_detail`.
 
-        Stats come from the written ledger, so they agree with it by construction.
+        The decided frame is computed once and written whole to the temporary folder; the kept
+        rows (passed through `shape`) and the ledger are then split from that file, which is far
+        cheaper than caching the frame and computing it for two outputs. Stats come from the
+        written ledger, so they agree with it by construction.
         """
 
         def write(tmp: str) -> dict[str, Any]:
+            decided.write.option("compression", "zstd").parquet(f"{tmp}/all")
+            written_all = self.spark.read.parquet(f"{tmp}/all")
+            kept, ledger = split_decisions(written_all)
+            kept = shape(kept)
             out = kept.repartition(output_partitions) if output_partitions else kept
             out.write.option("compression", "zstd").parquet(f"{tmp}/data")
             ledger.write.option("compression", "zstd").parquet(f"{tmp}/ledger")
+            extra = stats_from(written_all) if stats_from else {}
+            self.fs.delete(f"{tmp}/all")
             written = self.spark.read.parquet(f"{tmp}/ledger")
             by = written.groupBy("decision", "reason").count().collect()
             kept_n = sum(r["count"] for r in by if r["decision"] == "kept")
@@ -130,9 +141,10 @@ class Run:
                 "kept": kept_n,
                 "dropped": dict(sorted(dropped.items())),
                 "dropped_total": sum(dropped.values()),
+                **extra,
             }
 
-        return self._commit(stage, write, fingerprint, extra_stats, started, tables, files, with_ledger=True)
+        return self._commit(stage, write, fingerprint, extra_stats, started, None, files, with_ledger=True)
 
     def commit_tables(
         self,
