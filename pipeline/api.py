@@ -42,6 +42,8 @@ def _entries_of(path: str):
 
 def run_match(spark, input_path: str, run_root: str, cfg: PipelineConfig, force: bool = False) -> StageResult:
     """Match every text of the ingest output against the metadata entries."""
+    from pyspark.sql import functions as F
+
     from pipeline.match import entries_fingerprint, with_match_decisions
 
     if not cfg.match.metadata:
@@ -65,6 +67,7 @@ def run_match(spark, input_path: str, run_root: str, cfg: PipelineConfig, force:
         decided,
         fingerprint,
         shape=lambda kept: kept.select(*front, *[c for c in kept.columns if c not in front]),
+        detail=lambda: F.when(F.col("_reason").isNotNull(), F.lit(f"no entry of {len(entries)} matched ({cfg.match.mode})")),
         extra_stats={
             "input": source,
             "metadata": cfg.match.metadata,
@@ -196,6 +199,9 @@ def run_balance(spark, input_path: str, counts_path: str | None, run_root: str, 
         decided,
         fingerprint,
         stats_from=expected,
+        detail=lambda: F.when(
+            F.col("_reason").isNotNull(), F.format_string(f"p_keep=%.6f at t={t:g}", F.col("keep_prob"))
+        ),
         extra_stats={
             "input": source,
             "counts": counts_source,

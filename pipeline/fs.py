@@ -69,7 +69,9 @@ class RunFS:
         return data
 
     def write_json(self, path: str, obj: Any) -> None:
-        self.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+        # Long lists (an entry list of 500k strings) are written compactly; the rest for people.
+        indent = None if isinstance(obj, list) and len(obj) > 1000 else 2
+        self.write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=True, default=str, ensure_ascii=False) + "\n").encode())
 
     def read_json(self, path: str) -> Any:
         return json.loads(self.read_bytes(path).decode("utf-8"))

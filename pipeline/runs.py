@@ -14,13 +14,16 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 
 from pipeline.fs import RunFS
-from pipeline.ledger import split_decisions
+from pipeline.ledger import DETAIL, REASON, split_decisions
 
 log = logging.getLogger(__name__)
 MARKER = "_COMPLETE"
+# The folder Spark writes rows with a null partition value into.
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 PACKAGES = ("curate-pipeline", "pyspark", "pyarrow", "pandas", "numpy", "pyahocorasick", "torch", "open_clip_torch", "faiss-cpu")
 
 
@@ -110,24 +113,49 @@ class Run:
         started: float | None = None,
         files: dict[str, Any] | None = None,
         stats_from: Callable[[DataFrame], dict[str, Any]] | None = None,
+        detail: Callable[[], Column] | None = None,
     ) -> StageResult:
         """Commit a stage that decides rows: `decided` carries `_reason` (null = kept) and `_detail`.
 
-        The decided frame is computed once and written whole to the temporary folder; the kept
-        rows (passed through `shape`) and the ledger are then split from that file, which is far
-        cheaper than caching the frame and computing it for two outputs. Stats come from the
-        written ledger, so they agree with it by construction.
+        The decided frame is computed exactly once. Generic path: it is written whole to the
+        temporary folder, and the kept rows (through `shape`) and the ledger are split from
+        that file. Fast path, for stages whose detail is a function of the output columns
+        (`detail` given, `shape` applied to every row): it is written partitioned by
+        `_reason`, the kept partition becomes the output as it is, and the ledger is a
+        narrow projection of the whole. Either way, stats come from the written ledger.
         """
+        t0 = time.time()
 
-        def write(tmp: str) -> dict[str, Any]:
+        def generic(tmp: str) -> dict[str, Any]:
             decided.write.option("compression", "zstd").parquet(f"{tmp}/all")
+            log.debug("%s: computed and wrote the decided frame in %.1fs", stage, time.time() - t0)
             written_all = self.spark.read.parquet(f"{tmp}/all")
             kept, ledger = split_decisions(written_all)
-            kept = shape(kept)
-            out = kept.repartition(output_partitions) if output_partitions else kept
+            out = shape(kept)
+            out = out.repartition(output_partitions) if output_partitions else out
             out.write.option("compression", "zstd").parquet(f"{tmp}/data")
             ledger.write.option("compression", "zstd").parquet(f"{tmp}/ledger")
-            extra = stats_from(written_all) if stats_from else {}
+            return stats_from(written_all) if stats_from else {}
+
+        def fast(tmp: str) -> dict[str, Any]:
+            frame = shape(decided.drop(DETAIL).withColumnRenamed(REASON, "_kept_tmp")).withColumnRenamed("_kept_tmp", REASON)
+            schema = frame.drop(REASON).schema
+            frame.write.option("compression", "zstd").partitionBy(REASON).parquet(f"{tmp}/all")
+            log.debug("%s: computed and wrote the decided frame in %.1fs", stage, time.time() - t0)
+            written_all = self.spark.read.parquet(f"{tmp}/all").withColumn(REASON, F.col(REASON).cast("string"))
+            ledger = written_all.select("uid", REASON, detail().alias(DETAIL))
+            split_decisions(ledger)[1].write.option("compression", "zstd").parquet(f"{tmp}/ledger")
+            extra = stats_from(written_all) if stats_from else {}  # before the kept rows move out
+            kept_dir = f"{tmp}/all/{REASON}={HIVE_NULL}"
+            if self.fs.exists(kept_dir):
+                self.fs.rename(kept_dir, f"{tmp}/data")
+            else:
+                self.spark.createDataFrame([], schema).write.parquet(f"{tmp}/data")
+            return extra
+
+        def write(tmp: str) -> dict[str, Any]:
+            extra = (fast if detail is not None else generic)(tmp)
+            log.debug("%s: split kept rows and ledger in %.1fs", stage, time.time() - t0)
             self.fs.delete(f"{tmp}/all")
             written = self.spark.read.parquet(f"{tmp}/ledger")
             by = written.groupBy("decision", "reason").count().collect()
@@ -136,6 +164,7 @@ class Run:
             data_n = self.spark.read.parquet(f"{tmp}/data").count()
             if data_n != kept_n:
                 raise RuntimeError(f"{stage}: wrote {data_n} rows but the ledger keeps {kept_n}; not committing")
+            log.debug("%s: stats in %.1fs", stage, time.time() - t0)
             return {
                 "rows_in": kept_n + sum(dropped.values()),
                 "kept": kept_n,
@@ -171,6 +200,7 @@ class Run:
             df.write.option("compression", "zstd").parquet(f"{tmp}/{name}")
         for name, obj in (files or {}).items():
             self.fs.write_json(f"{tmp}/{name}", obj)
+        log.debug("%s: tables and files written at %.1fs", stage, time.time() - started)
         stats.update({"seconds": round(time.time() - started, 3), "finished": _now(), **(extra_stats or {})})
         self.fs.write_json(f"{tmp}/stats.json", stats)
 

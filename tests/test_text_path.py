@@ -259,3 +259,40 @@ def test_accounting_holds_after_the_text_path_and_catches_a_lost_row(spark, tmp_
         pq.write_table(table.slice(1), data / "part-0.parquet")
         with pytest.raises(AssertionError, match="differ"):
             check_accounting(spark, run, ["ingest", "match", "balance"])
+
+
+def test_match_with_nothing_kept_writes_an_empty_output_with_its_columns(spark, tmp_path):
+    pool = _pool(tmp_path, ["a dog", "a cat"], 1)
+    meta = tmp_path / "m.json"
+    meta.write_text(json.dumps(["zebra"]))
+    run = str(tmp_path / "run")
+    cfg = PipelineConfig(match=MatchConfig(metadata=str(meta)))
+    run_ingest(spark, str(pool), run, cfg)
+    result = run_match(spark, run, run, cfg)
+    assert result.stats["kept"] == 0 and result.stats["dropped"] == {R.NO_CONCEPT_MATCH: 2}
+    data = spark.read.parquet(f"{run}/match/data")
+    assert data.count() == 0 and data.columns[:3] == ["uid", "text", "entry_ids"]
+    ledger = spark.read.parquet(f"{run}/decisions/stage=match").collect()
+    assert {r.detail for r in ledger} == {"no entry of 1 matched (metaclip)"}
+
+
+def test_balance_stats_expect_the_sum_of_keep_probabilities(spark, tmp_path):
+    texts = [f"dog {'cat' if i % 3 == 0 else 'bird'}" for i in range(400)]
+    pool = _pool(tmp_path, texts, 2)
+    meta = tmp_path / "m.json"
+    meta.write_text(json.dumps(["dog", "cat", "bird"]))
+    run = str(tmp_path / "run")
+    cfg = PipelineConfig(seed=1, match=MatchConfig(metadata=str(meta)), balance=BalanceConfig(t=50))
+    run_ingest(spark, str(pool), run, cfg)
+    run_match(spark, run, run, cfg)
+    run_count(spark, run, run, cfg)
+    stats = run_balance(spark, run, None, run, cfg).stats
+    # dog: 400 texts, cat: 134, bird: 266 -> p = 1/8, 50/134, 50/266
+    p = {"dog": 50 / 400, "cat": 50 / 134, "bird": 50 / 266}
+    expected = 134 * (1 - (1 - p["dog"]) * (1 - p["cat"])) + 266 * (1 - (1 - p["dog"]) * (1 - p["bird"]))
+    assert stats["expected_kept"] == pytest.approx(expected, rel=1e-6)
+    assert abs(stats["kept"] - expected) < 5 * np.sqrt(expected)
+    kept = spark.read.parquet(f"{run}/balance/data")
+    assert kept.count() == stats["kept"] and "keep_prob" in kept.columns and "_reason" not in kept.columns
+    detail = spark.read.parquet(f"{run}/decisions/stage=balance").where("decision = 'dropped'").first().detail
+    assert detail.startswith("p_keep=0.") and detail.endswith("at t=50")
