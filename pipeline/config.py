@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-INGEST_FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl", "coco", "webdataset", "datacomp", "flickr")
+INGEST_FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl", "coco", "webdataset", "datacomp", "flickr", "mmc4")
 
 
 class ConfigError(ValueError):

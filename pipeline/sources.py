@@ -80,7 +80,8 @@ def detect_format(path: str) -> str:
     if name.endswith(".csv"):
         return "csv"
     if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
+        head = _head_bytes(files[0], 1 << 16)
+        return "mmc4" if b'"text_list"' in head and b'"image_info"' in head else "jsonl"
     if name.endswith(".tar"):
         return "webdataset"
     if name.endswith(".json"):
@@ -336,6 +337,29 @@ def read_tar_samples(tar_path: str):
         )
 
 
+def _read_mmc4(spark: SparkSession, path: str, cfg: IngestConfig) -> RawPool:
+    """MMC4 documents: each image of a document paired with the sentence it was matched to."""
+    docs = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT).json(path)
+    missing = [c for c in ("url", "text_list", "image_info") if c not in docs.columns]
+    if missing:
+        raise InputError(f"{path}: not MMC4 documents (no {', '.join(missing)}); columns present: {', '.join(docs.columns)}")
+    corrupt = F.col(CORRUPT) if CORRUPT in docs.columns else F.lit(None).cast("string")
+    images = docs.select(
+        F.col("url").alias("doc_url"), "text_list", corrupt.alias(CORRUPT),
+        F.explode_outer("image_info").alias("img"),
+    )
+    sentence = F.col("img.matched_text_index")
+    df = images.select(
+        F.col("img.raw_url").alias("url"),
+        F.when(sentence.isNotNull(), F.get(F.col("text_list"), sentence.cast("int"))).alias("caption"),
+        F.concat_ws("#", "doc_url", F.col("img.image_name")).alias("key"),
+        F.col("img.matched_sim").cast("double").alias("matched_sim"),
+        F.when(F.col("img").isNull() & F.col(CORRUPT).isNull(), F.concat(F.lit("document without images: "), F.col("doc_url")))
+        .otherwise(F.col(CORRUPT)).alias(CORRUPT),
+    )
+    return _normalise(df, cfg, "mmc4")
+
+
 def read_pool(spark: SparkSession, path: str, cfg: IngestConfig) -> RawPool:
     """Read `path` in `cfg.format` (or the detected one) as a raw pool frame."""
     local = _local(path)
@@ -367,4 +391,6 @@ def read_pool(spark: SparkSession, path: str, cfg: IngestConfig) -> RawPool:
         return _read_flickr(spark, path, cfg)
     if fmt == "webdataset":
         return _read_webdataset(spark, path, cfg)
+    if fmt == "mmc4":
+        return _read_mmc4(spark, path, cfg)
     raise InputError(f"unknown format {fmt!r}")

@@ -304,3 +304,27 @@ def test_stage_without_marker_is_redone(spark, tmp_path):
     run_ingest(spark, str(pool), str(run), PipelineConfig())
     (run / "ingest" / "_COMPLETE").unlink()  # as if the driver died before the marker
     assert not run_ingest(spark, str(pool), str(run), PipelineConfig()).skipped
+
+
+def test_mmc4_documents_become_image_sentence_pairs(spark, tmp_path):
+    docs = [
+        {
+            "url": "http://page/1",
+            "text_list": ["First sentence.", "A dog on a sofa."],
+            "image_info": [
+                {"image_name": "a.jpg", "raw_url": "http://img/a.jpg", "matched_text_index": 1, "matched_sim": 0.31},
+                {"image_name": "b.jpg", "raw_url": "http://img/b.jpg", "matched_text_index": 7, "matched_sim": 0.2},
+            ],
+        },
+        {"url": "http://page/2", "text_list": ["no images here"], "image_info": []},
+    ]
+    path = tmp_path / "shard.jsonl"
+    path.write_text("\n".join(json.dumps(d) for d in docs) + "\n{broken\n")
+    raw, kept, ledger = decide(spark, path)
+    assert raw.fmt == "mmc4"
+    assert kept.text.tolist() == ["A dog on a sofa."] and kept.url.tolist() == ["http://img/a.jpg"]
+    assert kept.matched_sim.tolist() == pytest.approx([0.31])
+    # an index past the sentence list leaves the image without text; an imageless document
+    # and a broken line are recorded, not lost
+    assert reasons_of(ledger) == {R.EMPTY_TEXT: 1, R.MALFORMED_ROW: 2}
+    assert_accounted(ledger, 4)

@@ -26,6 +26,8 @@ REAL_FILES = [
         100,
         10,
     ),
+    # MMC4: one pair per image of a document; 107 documents with 417 images.
+    ("mmc4/docs_no_face_shard_151_v3.partial.jsonl", {}, 417, 400),
 ]
 
 
