@@ -190,6 +190,7 @@ def run_balance(spark, input_path: str, counts_path: str | None, run_root: str, 
     p = keep_probabilities(counts, t)
     df = spark.read.parquet(source)
     decided = with_balance_decisions(df, p, cfg.seed, t)
+    front = ["uid", "text", "entry_ids", "keep_prob"]
 
     def expected(written) -> dict:
         return {"expected_kept": round(float(written.agg(F.sum("keep_prob")).first()[0] or 0.0), 3)}
@@ -199,6 +200,7 @@ def run_balance(spark, input_path: str, counts_path: str | None, run_root: str, 
         decided,
         fingerprint,
         stats_from=expected,
+        shape=lambda kept: kept.select(*front, *[c for c in kept.columns if c not in front]),
         detail=lambda: F.when(
             F.col("_reason").isNotNull(), F.format_string(f"p_keep=%.6f at t={t:g}", F.col("keep_prob"))
         ),
