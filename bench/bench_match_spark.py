@@ -100,11 +100,20 @@ def main() -> None:
     from pipeline.config import MatchConfig, PipelineConfig, SparkConfig
     from pipeline.spark import get_spark
 
-    spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", conf={"spark.ui.showConsoleProgress": "false"}), "bench-match")
+    # One task per input file, as on a cluster with many splits (Spark would otherwise pack
+    # these small files into as few tasks as there are cores).
+    pool_bytes = sum(os.path.getsize(os.path.join(pool, f)) for f in os.listdir(pool))
+    conf = {
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.files.maxPartitionBytes": str(pool_bytes // args.partitions + 1),
+        "spark.sql.files.openCostInBytes": "1",
+    }
+    spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", conf=conf), "bench-match")
     meta_path = f"{tmp}/metadata.json"
     with open(meta_path, "w") as fh:
         json.dump(entries, fh)
     df = spark.read.parquet(pool)
+    tasks = df.rdd.getNumPartitions()
     # Warm-up: start the Python workers and build their automata, as any long job would once.
     with_entry_ids(df.limit(1000), entries).write.format("noop").mode("overwrite").save()
 
@@ -128,7 +137,7 @@ def main() -> None:
     print(f"{'curate match stage, local[2], Parquet + ledger':<44}{stage:>14,.0f}{stage / two:>16.2f}")
     if rebuild:
         print(f"{'naive adapter (automaton built per task)':<44}{rebuild:>14,.0f}{rebuild / two:>16.2f}")
-    print(f"({args.captions:,} captions in {args.partitions} tasks; {len(entries):,} entries; machine cores: {os.cpu_count()})")
+    print(f"({args.captions:,} captions in {tasks} tasks; {len(entries):,} entries; machine cores: {os.cpu_count()})")
     spark.stop()
 
 
