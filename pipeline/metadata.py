@@ -80,15 +80,21 @@ def numbers() -> list[str]:
 _numbers = numbers
 
 
-def wordnet_lemmas(wordnet_dir: str | None = None) -> list[str]:
+WORDNET_SOURCES = ("lemmas", "synset-names")
+
+
+def wordnet_lemmas(wordnet_dir: str | None = None, source: str = "lemmas") -> list[str]:
     """All lemma names of all WordNet 3.0 synsets, '_' turned into spaces, case kept, sorted.
 
     Read with nltk's WordNet reader from a WordNet database folder (default: Debian's
     `wordnet-base` at /usr/share/wordnet). Nothing is downloaded. WordNet 3.0 gives 117,659
     synsets and 148,730 strings. MetaCLIP's build_metadata.py kept only each synset's name,
     its first lemma lower-cased (86,555 strings, "new york"); this keeps every lemma with
-    WordNet's case ("New York", "Carassius auratus", "dog").
+    WordNet's case ("New York", "Carassius auratus", "dog"). `source="synset-names"` gives
+    MetaCLIP's list instead: the head word of each synset id ("new york" from new_york.n.01).
     """
+    if source not in WORDNET_SOURCES:
+        raise MetadataError(f"unknown WordNet source {source!r}; known: {', '.join(WORDNET_SOURCES)}")
     root = os.path.abspath(wordnet_dir or DEFAULT_WORDNET_DIR)
     if not os.path.isdir(root):
         raise MetadataError(f"WordNet folder not found: {root}; {WORDNET_INSTALL_HINT}")
@@ -118,7 +124,10 @@ def wordnet_lemmas(wordnet_dir: str | None = None) -> list[str]:
             for synset in reader.all_synsets():
                 synsets += 1
                 # Multi-word lemmas are stored with '_' ("New_York"); texts have spaces.
-                lemmas.update(name.replace("_", " ") for name in synset.lemma_names())
+                if source == "synset-names":
+                    lemmas.add(synset.name().rsplit(".", 2)[0].replace("_", " "))
+                else:
+                    lemmas.update(name.replace("_", " ") for name in synset.lemma_names())
         finally:
             nltk.data.path.remove(tmp)
     log.info(
@@ -260,11 +269,12 @@ def _collect_sources(
     numbers: bool,
     wordnet: bool,
     wordnet_dir: str | None,
-    corpus: Sequence[str] | None,
-    min_unigram_count: int,
-    min_bigram_pmi: float,
-    min_bigram_count: int,
-    titles: str | None,
+    wordnet_source: str = "lemmas",
+    corpus: Sequence[str] | None = None,
+    min_unigram_count: int = 100,
+    min_bigram_pmi: float = 30.0,
+    min_bigram_count: int = 5,
+    titles: str | None = None,
 ) -> dict[str, list[str]]:
     """Each selected source's entries, in MetaCLIP's order (which fixes the ids)."""
     if not (numbers or wordnet or corpus or titles):
@@ -273,7 +283,7 @@ def _collect_sources(
     if numbers:
         sources["numbers"] = _numbers()
     if wordnet:
-        sources["wordnet"] = wordnet_lemmas(wordnet_dir)
+        sources["wordnet"] = wordnet_lemmas(wordnet_dir, wordnet_source)
     if corpus:
         sources["unigrams"], sources["bigrams"] = corpus_ngrams(
             corpus, min_unigram_count, min_bigram_pmi, min_bigram_count
@@ -304,6 +314,7 @@ def build_metadata(
     numbers: bool,
     wordnet: bool,
     wordnet_dir: str | None = None,
+    wordnet_source: str = "lemmas",
     corpus: Sequence[str] | None = None,
     min_unigram_count: int = 100,
     min_bigram_pmi: float = 30.0,
@@ -317,7 +328,7 @@ def build_metadata(
     """
     return _union(
         _collect_sources(
-            numbers=numbers, wordnet=wordnet, wordnet_dir=wordnet_dir, corpus=corpus,
+            numbers=numbers, wordnet=wordnet, wordnet_dir=wordnet_dir, wordnet_source=wordnet_source, corpus=corpus,
             min_unigram_count=min_unigram_count, min_bigram_pmi=min_bigram_pmi,
             min_bigram_count=min_bigram_count, titles=titles,
         )
@@ -449,6 +460,11 @@ def add_cli(subparsers: Any) -> None:
     b.add_argument("--numbers", action="store_true", help="add the numbers 0-99")
     b.add_argument("--wordnet", action="store_true", help="add all WordNet 3.0 lemma names")
     b.add_argument(
+        "--wordnet-source", choices=WORDNET_SOURCES, default="lemmas",
+        help="lemmas: every lemma name, case kept (default); synset-names: one lowercase head word per "
+        "synset, as MetaCLIP's build_metadata.py",
+    )
+    b.add_argument(
         "--wordnet-dir", metavar="DIR", help=f"WordNet database folder (default {DEFAULT_WORDNET_DIR})"
     )
     b.add_argument(
@@ -468,7 +484,8 @@ def cmd_metadata_build(args: argparse.Namespace) -> int:
     if args.wordnet_dir and not args.wordnet:
         raise MetadataError("--wordnet-dir needs --wordnet")
     sources = _collect_sources(
-        numbers=args.numbers, wordnet=args.wordnet, wordnet_dir=args.wordnet_dir, corpus=args.corpus,
+        numbers=args.numbers, wordnet=args.wordnet, wordnet_dir=args.wordnet_dir,
+        wordnet_source=args.wordnet_source, corpus=args.corpus,
         min_unigram_count=args.min_unigram_count, min_bigram_pmi=args.min_bigram_pmi,
         min_bigram_count=args.min_bigram_count, titles=args.titles,
     )

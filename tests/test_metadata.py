@@ -98,6 +98,19 @@ def test_wordnet_lemmas_read_for_real(lemmas):
     assert "galore" in got and not any(x.endswith(("(a)", "(p)", "(ip)")) for x in lemmas)
 
 
+@pytest.mark.slow
+def test_wordnet_synset_names_are_metaclips_list(lemmas):
+    names = wordnet_lemmas(WORDNET_DIR, source="synset-names")
+    # one lowercase head word per synset id (new_york.n.01 -> "new york"), fewer than lemmas
+    assert 80_000 <= len(names) <= 90_000
+    got = set(names)
+    assert "new york" in got and "dog" in got and "New York" not in got
+    lowered = {x.lower() for x in lemmas}
+    assert sum(n in lowered for n in names) / len(names) > 0.99  # head words are lemmas, lower-cased
+    with pytest.raises(MetadataError, match="unknown WordNet source"):
+        wordnet_lemmas(WORDNET_DIR, source="nouns")
+
+
 def test_wordnet_missing_folder_names_the_fix(tmp_path):
     with pytest.raises(MetadataError, match=r"not found: .*nope.*apt-get install wordnet-base"):
         wordnet_lemmas(str(tmp_path / "nope"))
