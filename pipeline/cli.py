@@ -14,13 +14,14 @@ from pipeline.config import INGEST_FORMATS, ConfigError, PipelineConfig, load_co
 from pipeline.contracts import MissingColumnsError
 from pipeline.match import BACKENDS, MODES
 from pipeline.metadata import MetadataError
+from pipeline.report import ReportError
 from pipeline.sources import InputError
 from pipeline.spark import JavaMissingError
 
 log = logging.getLogger("curate")
 
 # Errors a person can act on: printed as one line, exit code 2.
-USER_ERRORS = (ConfigError, InputError, MissingColumnsError, JavaMissingError, FileNotFoundError, MetadataError)
+USER_ERRORS = (ConfigError, InputError, MissingColumnsError, JavaMissingError, FileNotFoundError, MetadataError, ReportError)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -77,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     from pipeline.metadata import add_cli
+    from pipeline.report import add_cli as add_report_cli
 
     add_cli(sub)
+    add_report_cli(sub)
 
     p = sub.add_parser("demo", help="generate a demo pool and run the pipeline on it in Spark local mode")
     p.add_argument("--output", default="runs/demo", help="folder for the pool and the run (default runs/demo)")
@@ -173,6 +176,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     count = run_count(spark, run_root, run_root, cfg, force=True).stats
     balance = run_balance(spark, run_root, None, run_root, cfg, force=True).stats
     accounting = check_accounting(spark, run_root, ["ingest", "match", "balance"])
+    from pipeline.report import run_report
+
+    run_report(spark, run_root)
 
     def line(s: dict) -> str:
         return f"{s['rows_in']} in, {s['kept']} kept, {s['dropped_total']} dropped {s['dropped']}"
@@ -186,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"decisions:  {run_root}/decisions     (Parquet ledger, partitioned by stage)")
     print(f"accounting: each of {accounting['inputs']} input uids has exactly one terminal state; {accounting['kept']} kept")
     print(f"run record: {run_root}/run.json")
-    print("report:     not built yet (the report stage lands with the concept-frequency issue)")
+    print(f"report:     {run_root}/reports/report.html  (and datacard.md, concept_frequency.parquet, long_tail.json, plots)")
     return 0
 
 

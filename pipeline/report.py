@@ -1,0 +1,624 @@
+"""Concept-frequency reports for a run: long-tail statistics, plots, one static HTML page and a data card."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Buckets by the cumulative share of matches *before* a concept (concepts in rank order):
+# head = the fewest top concepts that together hold at least HEAD_SHARE of all matches,
+# torso = the following ones up to TORSO_SHARE, tail = the rest (zero-count concepts included).
+HEAD_SHARE = 0.5
+TORSO_SHARE = 0.9
+
+# Steps whose per-concept counts the report follows, in pipeline order: (step, stage folder).
+STEPS = (("matched", "match"), ("balanced", "balance"))
+STAGE_ORDER = ("ingest", "match", "count", "balance", "dedup", "prune")
+RAREST_LISTED = 25
+
+
+class ReportError(ValueError):
+    """A report input is unusable: an accuracy file that is not {concept: number}, or one that joins nothing."""
+
+
+# --------------------------------------------------------------------------- kernels (Spark-free)
+
+
+def _as_counts(counts: pd.Series | Mapping[str, int]) -> pd.Series:
+    s = pd.Series(counts, dtype="float64") if not isinstance(counts, pd.Series) else counts.astype("float64")
+    if (s < 0).any() or s.isna().any():
+        raise ReportError("counts must be non-negative numbers")
+    return s
+
+
+def frequency_table(counts: pd.Series | Mapping[str, int]) -> pd.DataFrame:
+    """concept, count, rank, share, cumulative_share, bucket for per-concept counts indexed by concept.
+
+    rank 1 is the most frequent; ties are broken by concept name so the order is deterministic.
+    share = count / total matches; cumulative_share includes the concept itself; the bucket
+    rule is in HEAD_SHARE / TORSO_SHARE above. With no matches at all every share is 0 and
+    every concept is 'tail'.
+    """
+    s = _as_counts(counts)
+    df = pd.DataFrame({"concept": s.index.astype(str), "count": s.to_numpy().astype(np.int64)})
+    df = df.sort_values(["count", "concept"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1, dtype=np.int64)
+    total = float(df["count"].sum())
+    df["share"] = df["count"] / total if total > 0 else 0.0
+    df["cumulative_share"] = df["share"].cumsum()
+    before = df["cumulative_share"] - df["share"]
+    # A small tolerance so that float round-off does not move a concept across a boundary.
+    eps = 1e-12
+    bucket = np.where(before < HEAD_SHARE - eps, "head", np.where(before < TORSO_SHARE - eps, "torso", "tail"))
+    df["bucket"] = np.where(df["count"] > 0, bucket, "tail") if total > 0 else "tail"
+    return df[["concept", "count", "rank", "share", "cumulative_share", "bucket"]]
+
+
+def gini(counts: np.ndarray) -> float | None:
+    """Gini coefficient of non-negative counts (0 = all equal, (n-1)/n = all mass on one concept)."""
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    n, total = len(x), x.sum()
+    if n == 0 or total <= 0:
+        return None
+    i = np.arange(1, n + 1)
+    return float(2.0 * (i * x).sum() / (n * total) - (n + 1) / n)
+
+
+def normalised_entropy(counts: np.ndarray) -> float | None:
+    """Shannon entropy of the match distribution over all n concepts divided by log(n): 1 = uniform."""
+    x = np.asarray(counts, dtype=np.float64)
+    n, total = len(x), x.sum()
+    if n < 2 or total <= 0:
+        return None
+    p = x[x > 0] / total
+    return float(-(p * np.log(p)).sum() / math.log(n))
+
+
+def zipf_exponent(counts: np.ndarray) -> tuple[float | None, float | None]:
+    """(s, r^2) of the least-squares fit log(count) = c - s * log(rank) over the non-zero counts.
+
+    For an exact power law count = C / rank^s it returns s. Zero counts are left out because
+    their log is undefined; fewer than two distinct ranks give (None, None).
+    """
+    x = np.sort(np.asarray(counts, dtype=np.float64))[::-1]
+    x = x[x > 0]
+    if len(x) < 2:
+        return None, None
+    lr, lc = np.log(np.arange(1, len(x) + 1)), np.log(x)
+    slope, _ = np.polyfit(lr, lc, 1)
+    r = np.corrcoef(lr, lc)[0, 1] if lc.std() > 0 else 0.0
+    return float(-slope), float(r * r)
+
+
+def long_tail_stats(counts: pd.Series | Mapping[str, int], t: float | None = None) -> dict[str, Any]:
+    """Long-tail summary of per-concept counts.
+
+    concepts with zero / < 10 / < 100 / < t texts; the share of all matches held by the top 1%
+    of concepts (at least one concept); the Gini coefficient and normalised entropy over all
+    concepts (zeros included); the Zipf exponent (see `zipf_exponent`); concepts per bucket.
+    """
+    s = _as_counts(counts)
+    x = s.to_numpy()
+    total = float(x.sum())
+    k = max(1, math.ceil(0.01 * len(x))) if len(x) else 0
+    top = float(np.sort(x)[::-1][:k].sum() / total) if total > 0 else None
+    s_exp, r2 = zipf_exponent(x)
+    table = frequency_table(s)
+    out: dict[str, Any] = {
+        "concepts": int(len(x)),
+        "concepts_nonzero": int((x > 0).sum()),
+        "total_matches": int(total),
+        "zero": int((x == 0).sum()),
+        "lt_10": int((x < 10).sum()),
+        "lt_100": int((x < 100).sum()),
+        "t": t,
+        "lt_t": int((x < t).sum()) if t is not None else None,
+        "top1pct_concepts": int(k),
+        "top1pct_share": top,
+        "gini": gini(x),
+        "normalised_entropy": normalised_entropy(x),
+        "zipf_exponent": s_exp,
+        "zipf_fit_r2": r2,
+        "buckets": {b: int((table["bucket"] == b).sum()) for b in ("head", "torso", "tail")},
+    }
+    return out
+
+
+def accuracy_fit(freq: pd.Series | Mapping[str, float], acc: pd.Series | Mapping[str, float]) -> dict[str, Any]:
+    """Least-squares fit acc = slope * log10(freq) + intercept and Pearson r, over concepts with freq > 0.
+
+    As in "No Zero-Shot Without Exponential Data" (Udandarao et al. 2024): accuracy grows
+    linearly in log frequency. `freq` and `acc` are keyed by concept; concepts missing from
+    either side or with freq == 0 are counted, not fitted. Fewer than 3 usable concepts give
+    None for the fitted values.
+    """
+    f = pd.Series(freq, dtype="float64") if not isinstance(freq, pd.Series) else freq.astype("float64")
+    a = pd.Series(acc, dtype="float64") if not isinstance(acc, pd.Series) else acc.astype("float64")
+    joined = pd.concat([f.rename("freq"), a.rename("acc")], axis=1, join="inner").dropna()
+    use = joined[joined["freq"] > 0]
+    out: dict[str, Any] = {
+        "n": int(len(use)),
+        "n_zero_frequency": int((joined["freq"] <= 0).sum()),
+        "n_accuracy_without_frequency": int(len(a.index.difference(f.index))),
+        "n_frequency_without_accuracy": int(len(f.index.difference(a.index))),
+        "slope": None,
+        "intercept": None,
+        "pearson_r": None,
+    }
+    if len(use) < 3:
+        return out
+    lx, y = np.log10(use["freq"].to_numpy()), use["acc"].to_numpy()
+    if lx.std() == 0:
+        return out
+    slope, intercept = np.polyfit(lx, y, 1)
+    out.update(
+        slope=float(slope),
+        intercept=float(intercept),
+        pearson_r=float(np.corrcoef(lx, y)[0, 1]) if y.std() > 0 else 0.0,
+    )
+    return out
+
+
+def load_accuracy(path: str, text: str) -> pd.Series:
+    """{concept: accuracy}; the frequency_determines_performance layout {"classwise": {...}} is accepted too."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(data, dict) and isinstance(data.get("classwise"), dict):
+        data = data["classwise"]
+    if not isinstance(data, dict) or not data:
+        raise ReportError(f"{path}: expected a non-empty JSON object {{concept: accuracy}}")
+    bad = [k for k, v in data.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise ReportError(f"{path}: accuracies must be numbers; not for {bad[:5]}")
+    return pd.Series(data, dtype="float64")
+
+
+# --------------------------------------------------------------------------- plots (matplotlib, Agg)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("the report's plots need matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def plot_rank_frequency(tables: Mapping[str, pd.DataFrame], t: float | None = None) -> bytes:
+    """Rank-frequency curves on log-log axes, one per step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    drawn = False
+    for step, table in tables.items():
+        nz = table[table["count"] > 0]
+        if len(nz):
+            ax.plot(nz["rank"], nz["count"], marker=".", markersize=3, linewidth=1, label=f"{step} ({len(nz)} non-zero)")
+            drawn = True
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if t is not None and t > 0:
+            ax.axhline(t, color="grey", linestyle="--", linewidth=0.8, label=f"t = {t:g}")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no matches", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("texts")
+    ax.set_title("Rank-frequency")
+    return _png(fig)
+
+
+def count_bins(max_count: int) -> tuple[list[float], list[str]]:
+    """Bin edges 0, 1, 10, 100, ... and labels '0', '1-9', '10-99', ... covering max_count."""
+    edges: list[float] = [0, 1]
+    while edges[-1] <= max_count:
+        edges.append(edges[-1] * 10)
+    labels = ["0"] + [f"{int(a):,}-{int(b) - 1:,}" for a, b in zip(edges[1:-1], edges[2:], strict=True)]
+    return edges, labels
+
+
+def plot_tail_histogram(tables: Mapping[str, pd.DataFrame]) -> bytes:
+    """Concepts per count decade (0, 1-9, 10-99, ...), one bar group per step."""
+    plt = _pyplot()
+    top = max((int(t["count"].max()) for t in tables.values() if len(t)), default=0)
+    edges, labels = count_bins(top)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    width = 0.8 / max(1, len(tables))
+    pos = np.arange(len(labels))
+    for k, (step, table) in enumerate(tables.items()):
+        c = table["count"].to_numpy()
+        hist = [int((c == 0).sum())] + [int(((c >= a) & (c < b)).sum()) for a, b in zip(edges[1:-1], edges[2:], strict=True)]
+        ax.bar(pos + k * width, hist, width=width, label=step)
+    ax.set_xticks(pos + width * (len(tables) - 1) / 2, labels, rotation=30, fontsize=8)
+    ax.set_xlabel("texts per concept")
+    ax.set_ylabel("concepts")
+    ax.set_title("Concepts per frequency band")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_accuracy(freq: pd.Series, acc: pd.Series, fit: Mapping[str, Any]) -> bytes:
+    """Accuracy against log10(frequency) with the fitted line."""
+    plt = _pyplot()
+    joined = pd.concat([freq.rename("freq"), acc.rename("acc")], axis=1, join="inner").dropna()
+    joined = joined[joined["freq"] > 0]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    lx = np.log10(joined["freq"].to_numpy())
+    ax.scatter(lx, joined["acc"], s=8, alpha=0.6)
+    if fit.get("slope") is not None and len(lx):
+        xs = np.linspace(lx.min(), lx.max(), 50)
+        ax.plot(xs, fit["slope"] * xs + fit["intercept"], color="C3",
+                label=f"slope {fit['slope']:.3g}, r = {fit['pearson_r']:.3f}, n = {fit['n']}")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("log10(texts with the concept)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy vs log-frequency")
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- Spark side
+
+
+def _counts_frame(rows: pd.DataFrame, entries: list[str]) -> pd.Series:
+    counts = np.zeros(len(entries), np.int64)
+    if len(rows):
+        counts[rows.iloc[:, 0].to_numpy()] = rows.iloc[:, 1].to_numpy()
+    # Entries are unique in a metadata list; group defensively so a duplicate cannot break the index.
+    return pd.Series(counts, index=pd.Index(entries, name="concept")).groupby(level=0, sort=False).sum()
+
+
+def step_counts(run, entries: list[str]) -> dict[str, pd.Series]:
+    """Per-entry text counts for each step present: matched (count/data, else a recount of
+    match/data) and balanced (a recount of balance/data's entry_ids)."""
+    from pipeline.count import count_entries
+
+    spark = run.spark
+    out: dict[str, pd.Series] = {}
+    if run.is_complete("count") and run.fs.exists(run.data_dir("count")):
+        rows = spark.read.parquet(run.data_dir("count")).select("entry_id", "count").toPandas()
+    else:
+        rows = count_entries(spark.read.parquet(run.data_dir("match")), len(entries)).toPandas()
+    out["matched"] = _counts_frame(rows, entries)
+    if run.is_complete("balance"):
+        rows = count_entries(spark.read.parquet(run.data_dir("balance")), len(entries)).toPandas()
+        out["balanced"] = _counts_frame(rows, entries)
+    return out
+
+
+def concept_coverage(run, concepts_file: str | None) -> pd.DataFrame | None:
+    """Downstream concepts per step: step, concept, count, most_common_synonym, most_common_synonym_count.
+
+    With a {concept: [synonyms]} file the texts of every step are counted through the
+    synonyms ("The Neglected Tails of Vision-Language Models": the most frequent synonym is
+    the one to prompt with); without one, the count stage's own concepts table is used.
+    """
+    if concepts_file is None:
+        if not run.fs.exists(f"{run.stage_dir('count')}/concepts"):
+            return None
+        df = run.spark.read.parquet(f"{run.stage_dir('count')}/concepts").toPandas()
+        df.insert(0, "step", "matched")
+        return df[["step", "concept", "count", "most_common_synonym", "most_common_synonym_count"]]
+    from pipeline.count import count_concepts
+    from pipeline.metadata import load_concepts
+
+    concepts = load_concepts(concepts_file)
+    if not concepts.synonyms:
+        raise ReportError(f"--concepts {concepts_file}: expected a {{concept: [synonym, ...]}} JSON object")
+    match_stats = run.stats("match")
+    names, entries = list(concepts.synonyms), list(concepts.entries)
+    frames = []
+    for step, stage in STEPS:
+        if not run.is_complete(stage):
+            continue
+        df = run.spark.read.parquet(run.data_dir(stage))
+        by_c, by_s = count_concepts(
+            df, entries, concepts.synonyms, match_stats.get("match_mode", "metaclip"), match_stats.get("backend", "ahocorasick_rs")
+        )
+        c_counts = _counts_frame(by_c.select("concept_id", "count").toPandas(), names)
+        s_counts = _counts_frame(by_s.select("synonym_id", "count").toPandas(), entries)
+        for name in names:
+            syn = sorted(concepts.synonyms[name], key=lambda s: (-int(s_counts[s]), s))[0]
+            frames.append((step, name, int(c_counts[name]), syn, int(s_counts[syn])))
+    return pd.DataFrame(frames, columns=["step", "concept", "count", "most_common_synonym", "most_common_synonym_count"])
+
+
+def _stage_stats(run) -> dict[str, dict[str, Any]]:
+    names = [s for s in STAGE_ORDER if run.fs.exists(f"{run.stage_dir(s)}/stats.json")]
+    extra = [
+        s for s in run.fs.list(run.root)
+        if s not in names and not s.startswith(("_", ".")) and s not in ("reports", "decisions")
+        and run.fs.exists(f"{run.stage_dir(s)}/stats.json")
+    ]
+    return {s: run.stats(s) for s in names + extra}
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, numpy scalars plain numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(_clean(obj), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def run_report(spark, run_root: str, concepts_file: str | None = None, accuracy_file: str | None = None) -> dict[str, Any]:
+    """Write `<run_root>/reports/`: concept_frequency.parquet, long_tail.json, PNG plots,
+    [downstream_coverage.parquet, accuracy_fit.json], report.html and datacard.md.
+
+    Every file is written into `<run_root>/_tmp/reports-<id>/`, then the folder is renamed
+    into place, so a crash never leaves a half-written report. Returns a summary with the paths.
+    """
+    from pipeline.runs import Run
+
+    run = Run(spark, run_root)
+    meta = f"{run.stage_dir('match')}/metadata.json"
+    if not run.is_complete("match") or not run.fs.exists(meta):
+        raise FileNotFoundError(f"{run_root}: no complete match stage (match/metadata.json); run `curate match` and `curate count` first")
+    entries = [str(e) for e in run.fs.read_json(meta)]
+    # Read the accuracy file first: a bad one fails before any Spark job runs.
+    acc = load_accuracy(accuracy_file, run.fs.read_bytes(accuracy_file).decode("utf-8")) if accuracy_file else None
+    stats = _stage_stats(run)
+    t = stats.get("balance", {}).get("t")
+    counts = step_counts(run, entries)
+    tables = {step: frequency_table(c) for step, c in counts.items()}
+    long_tail = {step: long_tail_stats(c, t) for step, c in counts.items()}
+    freq = pd.concat([tab.assign(step=step) for step, tab in tables.items()], ignore_index=True)
+    freq = freq[["step", "concept", "count", "rank", "share", "cumulative_share", "bucket"]]
+
+    files: dict[str, bytes] = {
+        "concept_frequency.parquet": _parquet_bytes(freq),
+        "long_tail.json": _json_bytes(long_tail),
+        "rank_frequency.png": plot_rank_frequency(tables, t),
+        "tail_histogram.png": plot_tail_histogram(tables),
+    }
+    coverage = concept_coverage(run, concepts_file)
+    if coverage is not None:
+        files["downstream_coverage.parquet"] = _parquet_bytes(coverage)
+    fit = None
+    if acc is not None:
+        if coverage is not None:
+            source = "downstream concepts (synonym counts, matched pool)"
+            f = coverage[coverage["step"] == "matched"].set_index("concept")["count"]
+        else:
+            source = "metadata entries (matched pool)"
+            f = counts["matched"]
+        fit = accuracy_fit(f, acc)
+        if fit["n"] == 0:
+            raise ReportError(
+                f"--accuracy {accuracy_file}: none of its {len(acc)} concepts has a non-zero count in the {source}; "
+                f"first ones: {list(acc.index[:5])}"
+            )
+        fit.update(frequency_source=source, accuracy_file=accuracy_file)
+        files["accuracy_fit.json"] = _json_bytes(fit)
+        files["accuracy_vs_frequency.png"] = plot_accuracy(f, acc, fit)
+    run_json = run.fs.read_json(f"{run.root}/run.json") if run.fs.exists(f"{run.root}/run.json") else {}
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    files["report.html"] = render_html(run_root, generated, tables, long_tail, coverage, fit, files, stats).encode()
+    files["datacard.md"] = render_datacard(run_root, generated, run_json, stats, long_tail, coverage, fit).encode()
+
+    out_dir = f"{run.root}/reports"
+    tmp = f"{run.root}/_tmp/reports-{uuid.uuid4().hex[:12]}"
+    for name, data in files.items():
+        run.fs.write_bytes(f"{tmp}/{name}", data)
+    run.fs.delete(out_dir)
+    run.fs.rename(tmp, out_dir)
+    log.info("report: %d steps, %d entries -> %s/report.html", len(tables), len(entries), out_dir)
+    return {
+        "reports_dir": out_dir,
+        "html": f"{out_dir}/report.html",
+        "files": sorted(files),
+        "steps": list(tables),
+        "long_tail": _clean(long_tail),
+        "accuracy_fit": _clean(fit),
+    }
+
+
+# --------------------------------------------------------------------------- rendering
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee} h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+.note{color:#555;font-size:13px}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) or "-"
+    return str(v)
+
+
+def _kv_table(rows: Mapping[str, Mapping[str, Any]], cls: str) -> str:
+    """A table with one column per key of `rows` (a step or stage) and one row per statistic."""
+    keys: list[str] = []
+    for r in rows.values():
+        keys += [k for k in r if k not in keys]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows)
+    body = "".join(
+        f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for r in rows.values()) + "</tr>"
+        for k in keys
+    )
+    return f'<table class="{cls}"><tr><th>statistic</th>{head}</tr>{body}</table>'
+
+
+def _df_table(df: pd.DataFrame, cls: str) -> str:
+    return df.to_html(index=False, classes=cls, border=0, float_format=lambda x: f"{x:.4g}", escape=True)
+
+
+def _img(files: Mapping[str, bytes], name: str, alt: str) -> str:
+    data = base64.b64encode(files[name]).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def render_html(
+    run_root: str,
+    generated: str,
+    tables: Mapping[str, pd.DataFrame],
+    long_tail: Mapping[str, Any],
+    coverage: pd.DataFrame | None,
+    fit: Mapping[str, Any] | None,
+    files: Mapping[str, bytes],
+    stats: Mapping[str, Mapping[str, Any]],
+) -> str:
+    """One self-contained page: inline CSS, plots as base64 data URIs, no scripts, no external resources."""
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>Curation report: {html.escape(run_root)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Curation report</h1><p class=\"note\">run <code>{html.escape(run_root)}</code>, generated {generated}. "
+        f"Buckets: head = the top concepts holding the first {HEAD_SHARE:.0%} of matches, torso = up to "
+        f"{TORSO_SHARE:.0%}, tail = the rest. Zipf exponent: least-squares slope of log count against log rank "
+        "over non-zero counts.</p>",
+        "<h2>Stages</h2>",
+        _kv_table({s: {k: v for k, v in st.items() if k in ("rows_in", "kept", "dropped_total", "dropped", "seconds", "texts", "entries", "t", "expected_kept")} for s, st in stats.items()}, "stages"),
+        "<h2>Long tail</h2>",
+        _kv_table(long_tail, "long-tail"),
+        _img(files, "rank_frequency.png", "rank-frequency plot, log-log"),
+        _img(files, "tail_histogram.png", "concepts per frequency band"),
+    ]
+    for step, table in tables.items():
+        parts.append(f"<h2>Concept frequency: {html.escape(step)}</h2><h3>Most frequent</h3>")
+        parts.append(_df_table(table.head(RAREST_LISTED), "frequency"))
+        parts.append("<h3>Rarest</h3>")
+        parts.append(_df_table(table.tail(RAREST_LISTED).iloc[::-1], "frequency"))
+    if coverage is not None:
+        wide = coverage.pivot_table(index="concept", columns="step", values="count", aggfunc="sum")
+        syn = coverage[coverage["step"] == "matched"].set_index("concept")[["most_common_synonym", "most_common_synonym_count"]]
+        cov = wide.join(syn, how="left").reset_index()
+        cov = cov.sort_values(["matched" if "matched" in cov else cov.columns[1], "concept"], kind="mergesort")
+        parts.append(f"<h2>Downstream coverage ({len(cov)} concepts, rarest first)</h2>")
+        parts.append(f"<p class=\"note\">{int((cov.get('matched', pd.Series(dtype=float)) == 0).sum())} concepts have no matching text.</p>")
+        parts.append(_df_table(cov.head(RAREST_LISTED * 2), "coverage"))
+    if fit is not None:
+        parts.append("<h2>Accuracy vs frequency</h2>")
+        parts.append(_kv_table({"fit": fit}, "accuracy-fit"))
+        parts.append(_img(files, "accuracy_vs_frequency.png", "accuracy against log10 frequency"))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def render_datacard(
+    run_root: str,
+    generated: str,
+    run_json: Mapping[str, Any],
+    stats: Mapping[str, Mapping[str, Any]],
+    long_tail: Mapping[str, Any],
+    coverage: pd.DataFrame | None,
+    fit: Mapping[str, Any] | None,
+) -> str:
+    """A data card (in the spirit of "The Dataset Nutrition Label"): inputs, every step's config and counts, outputs."""
+    lines = [f"# Data card: `{run_root}`", "", f"Generated {generated}.", "", "## What went in", ""]
+    ingest = stats.get("ingest", {})
+    lines += [f"- input: `{ingest.get('input', 'unknown')}` (format {ingest.get('format', 'unknown')})",
+              f"- rows read: {ingest.get('rows_in', 'unknown')}"]
+    if "match" in stats:
+        lines.append(f"- metadata: `{stats['match'].get('metadata')}` ({stats['match'].get('entries')} entries, "
+                     f"mode {stats['match'].get('match_mode')})")
+    versions = run_json.get("versions", {})
+    lines += [f"- seed: {run_json.get('seed', 'unknown')}; Spark {run_json.get('spark', '?')}; "
+              f"python {run_json.get('python', '?')}; config hash `{run_json.get('config_hash', '?')}`"]
+    if versions:
+        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    lines += ["", "### Resolved config", "", "```json", json.dumps(_clean(run_json.get("config", {})), indent=2, sort_keys=True), "```", ""]
+    lines += ["## Steps", ""]
+    for stage, st in stats.items():
+        lines.append(f"### {stage}")
+        lines.append("")
+        if "rows_in" in st:
+            lines.append(f"- {st['rows_in']} in, {st['kept']} kept, {st['dropped_total']} dropped")
+            for reason, n in (st.get("dropped") or {}).items():
+                lines.append(f"  - `{reason}`: {n}")
+        for k, v in st.items():
+            if k not in ("stage", "rows_in", "kept", "dropped_total", "dropped"):
+                lines.append(f"- {k}: {_fmt(v)}")
+        lines.append("")
+    lines += ["## What came out", ""]
+    last = [s for s in stats if "kept" in stats[s]]
+    if last:
+        lines.append(f"- final stage `{last[-1]}`: {stats[last[-1]]['kept']} texts in `{run_root}/{last[-1]}/data`")
+    lines += ["", "| statistic | " + " | ".join(long_tail) + " |", "|---|" + "---|" * len(long_tail)]
+    keys = [k for k in next(iter(long_tail.values()), {})]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(long_tail[s].get(k)) for s in long_tail) + " |")
+    if coverage is not None:
+        m = coverage[coverage["step"] == "matched"]
+        lines += ["", f"- downstream concepts: {len(m)}, with no matching text: {int((m['count'] == 0).sum())}"]
+    if fit is not None:
+        lines += [f"- accuracy vs log10 frequency: slope {_fmt(fit.get('slope'))}, r {_fmt(fit.get('pearson_r'))}, n {fit.get('n')}"]
+    lines += ["", "Known limits: counts are substring matches of the metadata entries (MetaCLIP); "
+              "a text counts once per entry. See reports/long_tail.json and concept_frequency.parquet.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register `report` on the `curate` command's subparsers."""
+    p = subparsers.add_parser("report", help="concept-frequency report, plots, report.html and datacard.md for a run")
+    p.add_argument("--run", required=True, metavar="DIR", help="the run folder")
+    p.add_argument("--concepts", metavar="FILE", help="a {concept: [synonym, ...]} JSON file for downstream coverage")
+    p.add_argument("--accuracy", metavar="FILE", help="a {concept: accuracy} JSON file to fit against log10 frequency")
+    p.add_argument("--master", help="Spark master (default local[*]; ignored under spark-submit)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`curate report`: write the reports folder and print the HTML page's path."""
+    from pipeline.config import SparkConfig
+    from pipeline.spark import get_spark
+
+    spark = get_spark(SparkConfig(master=args.master) if args.master else None)
+    result = run_report(spark, args.run, concepts_file=args.concepts, accuracy_file=args.accuracy)
+    print(f"report: {result['html']}")
+    return 0

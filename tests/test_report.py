@@ -1,0 +1,285 @@
+"""The report: long-tail kernels on hand-computable inputs, a small run's report files, the paper's numbers."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.report import (
+    ReportError,
+    accuracy_fit,
+    add_cli,
+    frequency_table,
+    gini,
+    long_tail_stats,
+    normalised_entropy,
+    run_report,
+    zipf_exponent,
+)
+from tests.conftest import anchor
+
+# --------------------------------------------------------------------------- kernels
+
+
+def test_frequency_table_ranks_shares_and_buckets():
+    counts = pd.Series({"b": 40, "a": 40, "c": 10, "d": 6, "e": 4, "z": 0})
+    t = frequency_table(counts)
+    assert t["concept"].tolist() == ["a", "b", "c", "d", "e", "z"]  # tie a/b broken by name
+    assert t["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert t["share"].tolist() == pytest.approx([0.4, 0.4, 0.1, 0.06, 0.04, 0.0])
+    assert t["cumulative_share"].tolist() == pytest.approx([0.4, 0.8, 0.9, 0.96, 1.0, 1.0])
+    # head: before-share 0 and 0.4 < 0.5; torso: 0.8 < 0.9; tail: from 0.9 on, and zeros
+    assert t["bucket"].tolist() == ["head", "head", "torso", "tail", "tail", "tail"]
+
+
+def test_frequency_table_with_no_matches_is_all_tail():
+    t = frequency_table(pd.Series({"a": 0, "b": 0}))
+    assert t["bucket"].tolist() == ["tail", "tail"] and t["share"].tolist() == [0.0, 0.0]
+
+
+def test_gini_entropy_and_zipf_on_hand_computable_inputs():
+    assert gini(np.full(7, 5)) == pytest.approx(0.0)
+    for n in (2, 5, 100):
+        one_hot = np.zeros(n)
+        one_hot[3 % n] = 9
+        assert gini(one_hot) == pytest.approx((n - 1) / n)
+        assert normalised_entropy(one_hot) == pytest.approx(0.0)
+        assert normalised_entropy(np.ones(n)) == pytest.approx(1.0)
+    # two of four concepts equally used: H = log 2, normalised by log 4
+    assert normalised_entropy(np.array([3, 3, 0, 0])) == pytest.approx(0.5)
+    assert gini(np.zeros(3)) is None and normalised_entropy(np.zeros(3)) is None
+    for s in (0.8, 1.0, 1.7):
+        exact = 1e6 / np.arange(1, 201) ** s
+        got, r2 = zipf_exponent(np.concatenate([exact, np.zeros(5)])[::-1])
+        assert got == pytest.approx(s, rel=1e-9) and r2 == pytest.approx(1.0)
+    assert zipf_exponent(np.array([4, 0, 0])) == (None, None)
+
+
+def test_long_tail_stats():
+    counts = pd.Series({f"c{i}": v for i, v in enumerate([1000, 500, 150, 99, 50, 9, 1, 0, 0, 0])})
+    s = long_tail_stats(counts, t=200)
+    assert (s["zero"], s["lt_10"], s["lt_100"], s["lt_t"]) == (3, 5, 7, 8)
+    assert s["concepts"] == 10 and s["total_matches"] == 1809
+    assert s["top1pct_concepts"] == 1 and s["top1pct_share"] == pytest.approx(1000 / 1809)
+    assert s["buckets"] == {"head": 1, "torso": 2, "tail": 7}
+    assert long_tail_stats(counts)["lt_t"] is None
+
+
+def test_accuracy_fit_recovers_a_synthetic_log_linear_law():
+    rng = np.random.default_rng(0)
+    freq = pd.Series(10 ** rng.uniform(0, 6, 300), index=[f"k{i}" for i in range(300)])
+    exact = 12.5 * np.log10(freq) + 3.0
+    fit = accuracy_fit(freq, exact)
+    assert fit["slope"] == pytest.approx(12.5) and fit["intercept"] == pytest.approx(3.0)
+    assert fit["pearson_r"] == pytest.approx(1.0) and fit["n"] == 300
+    noisy = exact + rng.normal(0, 10, 300)
+    fit = accuracy_fit(freq, noisy)
+    lx = np.log10(freq.to_numpy())
+    assert fit["pearson_r"] == pytest.approx(np.corrcoef(lx, noisy)[0, 1])
+    assert 0 < fit["pearson_r"] < 1 and fit["slope"] == pytest.approx(12.5, abs=1.5)
+    # zero frequencies and one-sided concepts are counted, not fitted
+    f = pd.Series({"a": 0, "b": 10, "c": 100, "d": 1000, "only_f": 5})
+    a = pd.Series({"a": 1.0, "b": 20.0, "c": 40.0, "d": 60.0, "only_a": 9.0})
+    fit = accuracy_fit(f, a)
+    assert fit["n"] == 3 and fit["n_zero_frequency"] == 1
+    assert fit["n_accuracy_without_frequency"] == 1 and fit["n_frequency_without_accuracy"] == 1
+    assert fit["slope"] == pytest.approx(20.0) and fit["intercept"] == pytest.approx(0.0)
+    assert accuracy_fit({"a": 1}, {"a": 2.0})["slope"] is None
+
+
+# --------------------------------------------------------------------------- a small run
+
+WORDS = [
+    "dog", "cat", "bird", "fish", "horse", "cow", "sheep", "goat", "lion", "tiger", "bear", "wolf",
+    "fox", "deer", "frog", "owl", "duck", "crab", "seal", "whale", "zebra", "camel", "llama", "moose",
+]
+ENTRIES = [*WORDS, "unicorn"]  # "unicorn" never occurs: a zero-count entry
+CONCEPTS = {
+    "canine": ["dog", "wolf", "fox"],
+    "feline": ["cat", "lion", "tiger"],
+    "bovine": ["cow"],
+    "aquatic": ["fish", "crab", "seal", "whale"],
+    "bird": ["bird", "owl", "duck"],
+    "mythical": ["unicorn"],
+}
+ACCURACY = {"canine": 85.0, "feline": 80.0, "bovine": 50.0, "aquatic": 60.0, "bird": 70.0, "mythical": 5.0, "martian": 1.0}
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, len(WORDS) + 1) ** 1.3
+    p /= p.sum()
+    out = []
+    for i in range(n):
+        if i % 10 == 0:
+            out.append(f"nothing to see {i}")  # unmatched: goes to the match stage's ledger
+            continue
+        k = int(rng.integers(1, 4))
+        out.append("a " + " and ".join(rng.choice(WORDS, size=k, replace=False, p=p)) + " in a field")
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_run(spark, tmp_path_factory):
+    from pipeline.api import run_balance, run_count, run_match
+    from pipeline.config import BalanceConfig, CountConfig, MatchConfig, PipelineConfig
+    from pipeline.runs import Run
+
+    root = tmp_path_factory.mktemp("report")
+    pool = root / "pool"
+    pool.mkdir()
+    texts = _texts(2000)
+    # match reads a uid, text Parquet folder directly; skipping ingest keeps the test short
+    pq.write_table(pa.table({"uid": [f"u{i:05d}" for i in range(len(texts))], "text": texts}), pool / "part-0.parquet")
+    (root / "metadata.json").write_text(json.dumps(ENTRIES))
+    (root / "concepts.json").write_text(json.dumps(CONCEPTS))
+    (root / "accuracy.json").write_text(json.dumps(ACCURACY))
+    cfg = PipelineConfig(
+        seed=1,
+        match=MatchConfig(metadata=str(root / "metadata.json")),
+        count=CountConfig(concepts=str(root / "concepts.json")),
+        balance=BalanceConfig(tail_fraction=0.3),
+    )
+    run = str(root / "run")
+    Run(spark, run).write_run_json(cfg.to_dict(), cfg.seed, ["test"])
+    run_match(spark, str(pool), run, cfg)
+    run_count(spark, run, run, cfg)
+    run_balance(spark, run, None, run, cfg)
+    result = run_report(spark, run, concepts_file=str(root / "concepts.json"), accuracy_file=str(root / "accuracy.json"))
+    return root, run, result
+
+
+def test_report_writes_every_file(small_run):
+    root, run, result = small_run
+    reports = root / "run" / "reports"
+    expected = {
+        "concept_frequency.parquet", "long_tail.json", "rank_frequency.png", "tail_histogram.png",
+        "downstream_coverage.parquet", "accuracy_fit.json", "accuracy_vs_frequency.png", "report.html", "datacard.md",
+    }
+    assert {p.name for p in reports.iterdir() if not p.name.startswith(".")} == expected  # .crc: Hadoop checksums
+    assert all((reports / name).stat().st_size > 0 for name in expected)
+    assert result["html"].endswith("reports/report.html") and result["steps"] == ["matched", "balanced"]
+    assert not list((root / "run" / "_tmp").glob("reports-*"))  # the temporary folder was renamed away
+
+
+def test_concept_frequency_follows_each_entry_through_balancing(small_run):
+    root, _, _ = small_run
+    freq = pd.read_parquet(root / "run" / "reports" / "concept_frequency.parquet")
+    assert list(freq.columns) == ["step", "concept", "count", "rank", "share", "cumulative_share", "bucket"]
+    assert set(freq["step"]) == {"matched", "balanced"}
+    wide = freq.pivot(index="concept", columns="step", values="count")
+    assert len(wide) == len(ENTRIES) and not wide.isna().any().any()
+    assert (wide["balanced"] <= wide["matched"]).all()
+    assert wide["balanced"].sum() < wide["matched"].sum()  # balancing removed something
+    assert wide.loc["unicorn", "matched"] == 0
+    # the matched step is the count stage's table
+    counts = pd.read_parquet(root / "run" / "count" / "data").set_index("entry")["count"]
+    assert wide["matched"].sort_index().tolist() == counts.sort_index().tolist()
+    long_tail = json.loads((root / "run" / "reports" / "long_tail.json").read_text())
+    assert set(long_tail) == {"matched", "balanced"}
+    assert long_tail["matched"]["zero"] == 1 and long_tail["balanced"]["gini"] < long_tail["matched"]["gini"]
+    assert long_tail["matched"]["t"] is not None  # the balance stage's t
+
+
+def test_downstream_coverage_and_accuracy_fit(small_run):
+    root, _, result = small_run
+    cov = pd.read_parquet(root / "run" / "reports" / "downstream_coverage.parquet")
+    matched = cov[cov["step"] == "matched"].set_index("concept")
+    concepts = pd.read_parquet(root / "run" / "count" / "concepts").set_index("concept")
+    assert matched["count"].to_dict() == concepts["count"].to_dict()
+    assert matched["most_common_synonym"].to_dict() == concepts["most_common_synonym"].to_dict()
+    assert matched.loc["mythical", "count"] == 0
+    fit = json.loads((root / "run" / "reports" / "accuracy_fit.json").read_text())
+    assert fit["n"] == 5 and fit["n_zero_frequency"] == 1 and fit["n_accuracy_without_frequency"] == 1
+    assert fit == result["accuracy_fit"]
+
+
+def test_html_is_self_contained_with_tables_and_embedded_pngs(small_run):
+    from PIL import Image
+
+    root, _, _ = small_run
+    page = (root / "run" / "reports" / "report.html").read_text()
+    assert "<table" in page and 'class="dataframe frequency"' in page and 'class="long-tail"' in page
+    assert 'class="dataframe coverage"' in page and 'class="accuracy-fit"' in page
+    assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3 and page.count("<img") == 3
+    for b64 in images:
+        data = base64.b64decode(b64)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.format == "PNG" and im.size[0] > 0 and im.size[1] > 0
+    card = (root / "run" / "reports" / "datacard.md").read_text()
+    for needle in ("## What went in", "### Resolved config", "### balance", "no_concept_match", "## What came out"):
+        assert needle in card
+
+
+def test_report_without_a_concepts_file_uses_the_count_stage_and_cli_hook(small_run, spark, capsys):
+    root, run, _ = small_run
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", "--run", run, "--accuracy", str(root / "accuracy.json")])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.strip() == f"report: {run}/reports/report.html"
+    fit = json.loads((root / "run" / "reports" / "accuracy_fit.json").read_text())
+    assert fit["n"] == 5 and fit["frequency_source"].startswith("downstream concepts")
+    cov = pd.read_parquet(root / "run" / "reports" / "downstream_coverage.parquet")
+    assert set(cov["step"]) == {"matched"}
+
+
+def test_bad_inputs_give_clear_errors(small_run, spark, tmp_path):
+    _, run, _ = small_run
+    bad = tmp_path / "acc.json"
+    bad.write_text(json.dumps({"martian": 3.0, "venusian": 4.0}))
+    with pytest.raises(ReportError, match="none of its 2 concepts"):
+        run_report(spark, run, accuracy_file=str(bad))
+    bad.write_text(json.dumps({"canine": "high"}))
+    with pytest.raises(ReportError, match="must be numbers"):
+        run_report(spark, run, accuracy_file=str(bad))
+    with pytest.raises(FileNotFoundError, match="no complete match stage"):
+        run_report(spark, str(tmp_path / "empty-run"))
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+
+PAPER_MODEL = "backboneViT-B-32_pretrainedlaion400m"
+
+
+def _paper_fit(dataset: str, model: str = PAPER_MODEL) -> dict | None:
+    base = "frequency_determines_performance"
+    counts_path = anchor(f"{base}/search_counts")
+    counts_file = counts_path / f"{dataset}_laion400m_integrated_tlemmatized_i0.7_search_counts.json"
+    evals_file = anchor(f"{base}/zero_shot_evaluations") / f"{dataset}_ensemble_results.json"
+    if not counts_file.exists() or not evals_file.exists():
+        return None
+    evals = json.loads(evals_file.read_text())
+    if model not in evals:
+        return None
+    return accuracy_fit(json.loads(counts_file.read_text()), evals[model]["classwise"])
+
+
+def test_paper_counts_and_accuracies_are_log_linear():
+    """Udandarao et al. 2024: zero-shot accuracy grows linearly in log10 of pretraining concept frequency."""
+    fit = _paper_fit("imagenet")
+    assert fit is not None and fit["n"] > 500
+    assert fit["slope"] > 0 and fit["pearson_r"] > 0
+    lines = []
+    for dataset in ("imagenet", "cifar100", "cifar10", "caltech101", "food101", "sun397", "imagenet-sketch"):
+        for model in (PAPER_MODEL, "backboneViT-B-16_pretrainedlaion400m", "backboneViT-L-14_pretrainedlaion400m"):
+            f = _paper_fit(dataset, model)
+            if f is not None and f["slope"] is not None:
+                lines.append(f"{dataset:16s} {model:40s} n={f['n']:4d} slope={f['slope']:+.3f} r={f['pearson_r']:+.3f}")
+                assert math.isfinite(f["slope"]) and -1 <= f["pearson_r"] <= 1
+    print("\naccuracy vs log10(LAION-400M count):\n" + "\n".join(lines))
+    # the paper's trend holds for the bigger class lists
+    assert _paper_fit("cifar100")["slope"] > 0
