@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 MARKER = "_COMPLETE"
 # The folder Spark writes rows with a null partition value into.
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-PACKAGES = ("curate-pipeline", "pyspark", "pyarrow", "pandas", "numpy", "pyahocorasick", "torch", "open_clip_torch", "faiss-cpu")
+PACKAGES = (
+    "curate-pipeline", "pyspark", "pyarrow", "pandas", "numpy", "ahocorasick-rs", "pyahocorasick",
+    "nltk", "matplotlib", "torch", "open_clip_torch", "faiss-cpu",
+)
 
 
 def config_hash(obj: Any) -> str:

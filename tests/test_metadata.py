@@ -185,7 +185,7 @@ def test_build_metadata_order_and_dedup(corpus, titles):
 
 def test_build_metadata_source_order_with_wordnet(monkeypatch, corpus, titles):
     # WordNet itself is tested above; here a stand-in checks where its block goes.
-    monkeypatch.setattr(metadata, "wordnet_lemmas", lambda wordnet_dir=None: ["dog", "new", "7"])
+    monkeypatch.setattr(metadata, "wordnet_lemmas", lambda wordnet_dir=None, source="lemmas": ["dog", "new", "7"])
     entries = build_metadata(
         numbers=True, wordnet=True, corpus=corpus, min_unigram_count=5,
         min_bigram_pmi=1.0, min_bigram_count=2, titles=titles,
