@@ -44,6 +44,14 @@ if [ ! -f /usr/share/wordnet/data.noun ] && [ ! -f /usr/share/wordnet/dict/data.
   apt_install wordnet-base
 fi
 
+# Debian's Chromium for the report's browser test (driven by Playwright's Python package,
+# which is told to use this binary; nothing is downloaded by Playwright itself). Not needed
+# to run the pipeline, so a failed install only warns and that one test skips.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  log "Chromium not found: installing chromium for the report's browser test"
+  (apt_install chromium) || log "WARNING: could not install chromium; the browser test of the report will skip"
+fi
+
 if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/pyproject.toml" ] && [ "$STAMP" -nt "$ROOT/scripts/setup.sh" ]; then
   exit 0
 fi

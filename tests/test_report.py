@@ -8,6 +8,8 @@ import io
 import json
 import math
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -283,3 +285,40 @@ def test_paper_counts_and_accuracies_are_log_linear():
     print("\naccuracy vs log10(LAION-400M count):\n" + "\n".join(lines))
     # the paper's trend holds for the bigger class lists
     assert _paper_fit("cifar100")["slope"] > 0
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it)")
+def test_report_opens_in_headless_chromium_without_errors(small_run):
+    """The page loads with no console errors, every image decodes, the tables are there."""
+    from playwright.sync_api import sync_playwright
+
+    _, run, _ = small_run
+    page_uri = Path(run, "reports", "report.html").resolve().as_uri()
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        # A closed network: no background requests, no sandbox as root.
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+            page.goto(page_uri)
+            page.wait_for_load_state("load")
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
+            headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+            tables = page.eval_on_selector_all("table", "els => els.map(e => e.rows.length)")
+        finally:
+            browser.close()
+    assert errors == []
+    assert len(images) >= 3 and all(done and w > 0 and h > 0 for done, w, h in images), images
+    assert len(tables) >= 3 and all(rows > 1 for rows in tables), tables
+    assert headings, "the report has sections"
