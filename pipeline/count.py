@@ -40,7 +40,7 @@ class ConceptIndex:
 # --- Spark adapter -------------------------------------------------------------------------
 
 
-def _sum_partials(partials, n: int, name: str):
+def _sum_partials(partials, name: str):
     from pyspark.sql import functions as F
 
     return partials.groupBy("id").agg(F.sum("count").alias("count")).withColumnRenamed("id", name)
@@ -66,7 +66,7 @@ def count_entries(df, n_entries: int):
         yield pa.RecordBatch.from_arrays([pa.array(nz, pa.int32()), pa.array(total[nz], pa.int64())], names=["id", "count"])
 
     partials = df.select("entry_ids").mapInArrow(run, "id int, count long")
-    return _sum_partials(partials, n_entries, "entry_id")
+    return _sum_partials(partials, "entry_id")
 
 
 def count_concepts(df, concept_entries: Sequence[str], synonyms: dict[str, Sequence[str]], mode: str, backend: str):
@@ -103,6 +103,6 @@ def count_concepts(df, concept_entries: Sequence[str], synonyms: dict[str, Seque
             )
 
     partials = df.select("text").mapInArrow(run, "kind byte, id int, count long").cache()
-    concepts = _sum_partials(partials.where("kind = 0").drop("kind"), n_concepts, "concept_id")
-    synonyms_df = _sum_partials(partials.where("kind = 1").drop("kind"), n_syn, "synonym_id")
+    concepts = _sum_partials(partials.where("kind = 0").drop("kind"), "concept_id")
+    synonyms_df = _sum_partials(partials.where("kind = 1").drop("kind"), "synonym_id")
     return concepts, synonyms_df

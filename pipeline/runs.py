@@ -142,7 +142,7 @@ class Run:
             return stats_from(written_all) if stats_from else {}
 
         def fast(tmp: str) -> dict[str, Any]:
-            frame = shape(decided.drop(DETAIL).withColumnRenamed(REASON, "_kept_tmp")).withColumnRenamed("_kept_tmp", REASON)
+            frame = shape(decided.drop(DETAIL))  # shape keeps every column here, _reason included
             schema = frame.drop(REASON).schema
             # A handful of reasons: write them side by side instead of sorting every row by reason.
             with sql_conf(self.spark, {"spark.sql.optimizer.plannedWrite.enabled": "false", "spark.sql.maxConcurrentOutputFileWriters": "16"}):

@@ -33,3 +33,27 @@ def spark():
     )
     yield session
     session.stop()
+
+
+def build_text_run(spark, tmp, columns: dict, entries: list[str], concepts: dict, t: int) -> str:
+    """A run folder through ingest, match, count (with concepts) and balance at threshold t."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.api import run_balance, run_count, run_ingest, run_match
+    from pipeline.config import BalanceConfig, CountConfig, MatchConfig, PipelineConfig
+
+    pq.write_table(pa.table(columns), tmp / "pool.parquet")
+    (tmp / "m.json").write_text(json.dumps(entries))
+    (tmp / "c.json").write_text(json.dumps(concepts))
+    cfg = PipelineConfig(
+        match=MatchConfig(metadata=str(tmp / "m.json")), count=CountConfig(concepts=str(tmp / "c.json")), balance=BalanceConfig(t=t)
+    )
+    run = str(tmp / "run")
+    run_ingest(spark, str(tmp / "pool.parquet"), run, cfg)
+    run_match(spark, run, run, cfg)
+    run_count(spark, run, run, cfg)
+    run_balance(spark, run, None, run, cfg)
+    return run

@@ -6,12 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from pipeline.api import run_balance, run_count, run_ingest, run_match
-from pipeline.config import BalanceConfig, CountConfig, MatchConfig, PipelineConfig
+from tests.conftest import build_text_run
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -21,18 +18,9 @@ def small_run(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nbrun")
     words = ["dog", "cat", "bird", "tree", "car"]
     texts = [f"a {words[i % 5]} and a {words[(i * 7) % 5]}" for i in range(300)] + ["", "nothing at all"]
-    pq.write_table(pa.table({"url": [f"http://a/{i}" for i in range(len(texts))], "text": texts}), tmp / "pool.parquet")
-    (tmp / "m.json").write_text(json.dumps(words + ["zebra"]))
-    (tmp / "c.json").write_text(json.dumps({"pet": ["dog", "cat"], "plant": ["tree"], "none": ["zebra"]}))
-    cfg = PipelineConfig(
-        match=MatchConfig(metadata=str(tmp / "m.json")), count=CountConfig(concepts=str(tmp / "c.json")), balance=BalanceConfig(t=60)
-    )
-    run = str(tmp / "run")
-    run_ingest(spark, str(tmp / "pool.parquet"), run, cfg)
-    run_match(spark, run, run, cfg)
-    run_count(spark, run, run, cfg)
-    run_balance(spark, run, None, run, cfg)
-    return run
+    columns = {"url": [f"http://a/{i}" for i in range(len(texts))], "text": texts}
+    concepts = {"pet": ["dog", "cat"], "plant": ["tree"], "none": ["zebra"]}
+    return build_text_run(spark, tmp, columns, words + ["zebra"], concepts, t=60)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from pipeline.api import run_balance, run_count, run_ingest, run_match
-from pipeline.config import BalanceConfig, CountConfig, MatchConfig, PipelineConfig
 from pipeline.contracts import spark_type
+from tests.conftest import build_text_run
 
 OUTPUTS = {
     "ingest": "ingest/data",
@@ -27,21 +22,9 @@ OUTPUTS = {
 def run_dir(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("contracts")
     texts = ["a dog", "a cat and a dog", "", "nothing", "new york at night", "a dog"]
-    pq.write_table(
-        pa.table({"url": [f"http://a/{i}" for i in range(6)], "text": texts, "width": [10, 20, 30, 40, 50, 60]}),
-        tmp / "pool.parquet",
-    )
-    (tmp / "m.json").write_text(json.dumps(["dog", "cat", "new york"]))
-    (tmp / "c.json").write_text(json.dumps({"pet": ["dog", "cat"], "city": ["new york"]}))
-    cfg = PipelineConfig(
-        match=MatchConfig(metadata=str(tmp / "m.json")), count=CountConfig(concepts=str(tmp / "c.json")), balance=BalanceConfig(t=1)
-    )
-    run = str(tmp / "run")
-    run_ingest(spark, str(tmp / "pool.parquet"), run, cfg)
-    run_match(spark, run, run, cfg)
-    run_count(spark, run, run, cfg)
-    run_balance(spark, run, None, run, cfg)
-    return run
+    columns = {"url": [f"http://a/{i}" for i in range(6)], "text": texts, "width": [10, 20, 30, 40, 50, 60]}
+    concepts = {"pet": ["dog", "cat"], "city": ["new york"]}
+    return build_text_run(spark, tmp, columns, ["dog", "cat", "new york"], concepts, t=1)
 
 
 def test_every_contract_has_a_test():
