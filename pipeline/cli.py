@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pipeline import __version__
 from pipeline.config import INGEST_FORMATS, ConfigError, PipelineConfig, load_config
 from pipeline.contracts import MissingColumnsError
+from pipeline.errors import UserError
 from pipeline.match import BACKENDS, MODES
 from pipeline.metadata import MetadataError
 from pipeline.report import ReportError
@@ -21,7 +22,12 @@ from pipeline.spark import JavaMissingError
 log = logging.getLogger("curate")
 
 # Errors a person can act on: printed as one line, exit code 2.
-USER_ERRORS = (ConfigError, InputError, MissingColumnsError, JavaMissingError, FileNotFoundError, MetadataError, ReportError)
+USER_ERRORS = (
+    UserError, ConfigError, InputError, MissingColumnsError, JavaMissingError, FileNotFoundError, MetadataError, ReportError,
+)
+# Modules that add their own subcommands with `add_cli(subparsers)`; each sets `func` on its parser.
+# Keep their top-level imports light (no torch, faiss): `curate --help` imports them all.
+PLUGIN_CLIS = ("pipeline.metadata", "pipeline.report")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -77,11 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
     _common(p)
 
-    from pipeline.metadata import add_cli
-    from pipeline.report import add_cli as add_report_cli
+    import importlib
 
-    add_cli(sub)
-    add_report_cli(sub)
+    for module in PLUGIN_CLIS:
+        importlib.import_module(module).add_cli(sub)
 
     p = sub.add_parser("demo", help="generate a demo pool and run the pipeline on it in Spark local mode")
     p.add_argument("--output", default="runs/demo", help="folder for the pool and the run (default runs/demo)")

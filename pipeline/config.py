@@ -99,6 +99,70 @@ class BalanceConfig:
 
 
 @dataclass(frozen=True)
+class DownloadConfig:
+    # Owned by the download stage (pipeline/download.py); see configs/demo.yaml.
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"
+    output_format: str = "webdataset"
+    processes: int = 2
+    threads: int = 16
+    timeout: float = 10.0
+    retries: int = 0
+    # The URL guard: refuse non-http(s) schemes and hosts resolving to private, loopback,
+    # link-local, multicast or metadata addresses. Off only when set explicitly.
+    allow_private_hosts: bool = False
+
+    def validate(self, where: str) -> None:
+        if self.image_size < 8:
+            raise ConfigError(f"{where}.image_size: must be >= 8, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    # Owned by the embed stage (pipeline/embed.py).
+    model: str = "ViT-B-32"
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    batch_size: int = 256
+    workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+
+    def validate(self, where: str) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    # Owned by the cluster stage (pipeline/cluster.py).
+    k: int = 100
+    spherical: bool = True
+    sample_per_centroid: int = 256
+    niter: int = 20
+    top_m: int = 3
+
+    def validate(self, where: str) -> None:
+        if self.k < 1:
+            raise ConfigError(f"{where}.k: must be >= 1, got {self.k}")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    # Owned by the prune stage (pipeline/prune.py); every step is optional (None = off).
+    dedup_eps: float | None = None
+    keep_fraction: float | None = None
+    temperature: float = 0.1
+    inter_k: int = 20
+    floor_ratio: float = 0.0
+    max_per_cluster: int | None = None
+
+    def validate(self, where: str) -> None:
+        if self.dedup_eps is not None and not 0.0 <= self.dedup_eps < 1.0:
+            raise ConfigError(f"{where}.dedup_eps: must be in [0, 1), got {self.dedup_eps}")
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     rows: int = 5000
     concepts: int = 300
@@ -130,6 +194,10 @@ class PipelineConfig:
     match: MatchConfig = field(default_factory=MatchConfig)
     count: CountConfig = field(default_factory=CountConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def validate(self, where: str = "config") -> None:

@@ -19,6 +19,20 @@ DUPLICATE_URL_TEXT = "duplicate_url_text"
 NO_CONCEPT_MATCH = "no_concept_match"
 BALANCED_OUT = "balanced_out"
 
+# download
+URL_REFUSED = "url_refused"  # scheme or resolved address refused by the URL guard
+DOWNLOAD_FAILED = "download_failed"  # HTTP error, timeout, not an image, ...
+
+# embed
+IMAGE_DECODE_FAILED = "image_decode_failed"
+NO_IMAGE = "no_image"  # the uid has no downloaded image to embed
+
+# cluster / prune
+INVALID_EMBEDDING = "invalid_embedding"  # NaN, inf or zero vector
+SEMANTIC_DUPLICATE = "semantic_duplicate"
+DENSITY_PRUNED = "density_pruned"
+CLUSTER_CAPPED = "cluster_capped"
+
 INGEST_REASONS = (
     MALFORMED_ROW,
     MISSING_UID,
