@@ -17,6 +17,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -95,6 +96,27 @@ def wordnet_lemmas(wordnet_dir: str | None = None, source: str = "lemmas") -> li
     """
     if source not in WORDNET_SOURCES:
         raise MetadataError(f"unknown WordNet source {source!r}; known: {', '.join(WORDNET_SOURCES)}")
+    start = time.perf_counter()
+    lemmas: set[str] = set()
+    synsets = 0
+    with open_wordnet(wordnet_dir) as reader:
+        for synset in reader.all_synsets():
+            synsets += 1
+            # Multi-word lemmas are stored with '_' ("New_York"); texts have spaces.
+            if source == "synset-names":
+                lemmas.add(synset.name().rsplit(".", 2)[0].replace("_", " "))
+            else:
+                lemmas.update(name.replace("_", " ") for name in synset.lemma_names())
+    log.info(
+        "wordnet: %d synsets, %d distinct lemma names from %s in %.1fs",
+        synsets, len(lemmas), wordnet_dir or DEFAULT_WORDNET_DIR, time.perf_counter() - start,
+    )
+    return sorted(lemmas)
+
+
+@contextmanager
+def open_wordnet(wordnet_dir: str | None = None) -> Iterator[Any]:
+    """nltk's WordNet reader over a WordNet 3.0 database folder (default: Debian's), for one block."""
     root = os.path.abspath(wordnet_dir or DEFAULT_WORDNET_DIR)
     if not os.path.isdir(root):
         raise MetadataError(f"WordNet folder not found: {root}; {WORDNET_INSTALL_HINT}")
@@ -104,11 +126,8 @@ def wordnet_lemmas(wordnet_dir: str | None = None, source: str = "lemmas") -> li
             f"WordNet folder {root} lacks {', '.join(missing)}; {WORDNET_INSTALL_HINT}"
         )
 
-    import nltk.data  # late: only this source needs nltk
+    import nltk.data  # late: only WordNet needs nltk
 
-    start = time.perf_counter()
-    lemmas: set[str] = set()
-    synsets = 0
     # nltk's CorpusReader (3.10) refuses any file outside an authorised data root and any
     # symlink that resolves outside the reader's root, so the database is copied next to
     # the generated `lexnames` file in a private folder that is authorised only while read.
@@ -120,21 +139,9 @@ def wordnet_lemmas(wordnet_dir: str | None = None, source: str = "lemmas") -> li
                 f.write(f"{number:02d}\t{lexname}\t{_LEX_CATEGORY[lexname.split('.')[0]]}\n")
         nltk.data.path.append(tmp)
         try:
-            reader = _wordnet_reader(tmp)
-            for synset in reader.all_synsets():
-                synsets += 1
-                # Multi-word lemmas are stored with '_' ("New_York"); texts have spaces.
-                if source == "synset-names":
-                    lemmas.add(synset.name().rsplit(".", 2)[0].replace("_", " "))
-                else:
-                    lemmas.update(name.replace("_", " ") for name in synset.lemma_names())
+            yield _wordnet_reader(tmp)
         finally:
             nltk.data.path.remove(tmp)
-    log.info(
-        "wordnet: %d synsets, %d distinct lemma names from %s in %.1fs",
-        synsets, len(lemmas), root, time.perf_counter() - start,
-    )
-    return sorted(lemmas)
 
 
 def _wordnet_reader(root: str) -> Any:
@@ -340,17 +347,22 @@ def write_metadata(entries: Sequence[str], path: str) -> None:
     entries = list(entries)
     # Checked with the loader's rules so that whatever is written can be loaded back.
     _check_entries(entries, path)
+    write_json_atomic(entries, path)
+    log.info("metadata: wrote %d entries to %s", len(entries), os.path.abspath(path))
+
+
+def write_json_atomic(obj: Any, path: str) -> None:
+    """Write `obj` as UTF-8 JSON; a reader sees the old file or the whole new one."""
     target = os.path.abspath(path)
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
-    # Temporary file in the target's folder: os.replace is atomic only within a filesystem,
-    # so a reader sees the old file or the whole new one, never a partial write.
+    # Temporary file in the target's folder: os.replace is atomic only within a filesystem.
     # A unique name opened with "x" rather than mkstemp: mkstemp makes the file 0600, which
     # would hide the metadata from executors running as another user; "x" honours the umask.
     tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(entries, f, ensure_ascii=False)
+            json.dump(obj, f, ensure_ascii=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -359,7 +371,6 @@ def write_metadata(entries: Sequence[str], path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    log.info("metadata: wrote %d entries to %s", len(entries), target)
 
 
 # --------------------------------------------------------------------------- load
@@ -477,6 +488,10 @@ def add_cli(subparsers: Any) -> None:
     b.add_argument("--titles", metavar="PATH", help="text file with one title per line")
     b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     b.set_defaults(func=cmd_metadata_build)
+
+    from pipeline.downstream import add_actions
+
+    add_actions(actions)
 
 
 def cmd_metadata_build(args: argparse.Namespace) -> int:
