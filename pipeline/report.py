@@ -25,9 +25,19 @@ log = logging.getLogger(__name__)
 HEAD_SHARE = 0.5
 TORSO_SHARE = 0.9
 
-# Steps whose per-concept counts the report follows, in pipeline order: (step, stage folder).
-STEPS = (("matched", "match"), ("balanced", "balance"))
-STAGE_ORDER = ("ingest", "match", "count", "balance", "dedup", "prune")
+# Steps whose per-concept counts the report follows, in pipeline order: (step, stage folder,
+# a ledger reason). A step's texts are its stage's kept rows, or, with a reason, the rows
+# that entered the stage minus those dropped for that reason: "deduplicated" is the prune
+# stage's input less its semantic duplicates, before density pruning and capping.
+STEPS = (
+    ("matched", "match", None),
+    ("balanced", "balance", None),
+    ("downloaded", "download", None),
+    ("embedded", "embed", None),
+    ("deduplicated", "prune", "semantic_duplicate"),
+    ("pruned", "prune", None),
+)
+STAGE_ORDER = ("ingest", "match", "count", "balance", "download", "embed", "cluster", "prune")
 RAREST_LISTED = 25
 
 
@@ -293,21 +303,47 @@ def _counts_frame(rows: pd.DataFrame, entries: list[str]) -> pd.Series:
     return pd.Series(counts, index=pd.Index(entries, name="concept")).groupby(level=0, sort=False).sum()
 
 
-def step_counts(run, entries: list[str]) -> dict[str, pd.Series]:
-    """Per-entry text counts for each step present: matched (count/data, else a recount of
-    match/data) and balanced (a recount of balance/data's entry_ids)."""
-    from pipeline.count import count_entries
+def step_frames(run) -> dict[str, Any]:
+    """For each step present, its texts as a frame with `uid, text, entry_ids`.
+
+    Stages after balancing carry uids, not always texts: their uids are joined back to the
+    match output. "deduplicated" appears only when the prune stage ran SemDeDup.
+    """
+    from pyspark.sql import functions as F
+
+    from pipeline.ledger import read_ledger
 
     spark = run.spark
+    matched = spark.read.parquet(run.data_dir("match")).select("uid", "text", "entry_ids")
+    out: dict[str, Any] = {}
+    for step, stage, minus in STEPS:
+        if not run.is_complete(stage):
+            continue
+        if stage in ("match", "balance"):
+            out[step] = spark.read.parquet(run.data_dir(stage)).select("uid", "text", "entry_ids")
+            continue
+        if minus is not None:
+            if run.stats(stage).get("dedup_eps") is None:
+                continue
+            ledger = read_ledger(spark, run.root, [stage])
+            uids = ledger.where(~((F.col("decision") == "dropped") & (F.col("reason") == minus))).select("uid")
+        else:
+            uids = spark.read.parquet(run.data_dir(stage)).select("uid")
+        out[step] = matched.join(uids, on="uid", how="left_semi")
+    return out
+
+
+def step_counts(run, entries: list[str]) -> dict[str, pd.Series]:
+    """Per-entry text counts for each step present (matched from count/data when there)."""
+    from pipeline.count import count_entries
+
     out: dict[str, pd.Series] = {}
-    if run.is_complete("count") and run.fs.exists(run.data_dir("count")):
-        rows = spark.read.parquet(run.data_dir("count")).select("entry_id", "count").toPandas()
-    else:
-        rows = count_entries(spark.read.parquet(run.data_dir("match")), len(entries)).toPandas()
-    out["matched"] = _counts_frame(rows, entries)
-    if run.is_complete("balance"):
-        rows = count_entries(spark.read.parquet(run.data_dir("balance")), len(entries)).toPandas()
-        out["balanced"] = _counts_frame(rows, entries)
+    for step, df in step_frames(run).items():
+        if step == "matched" and run.is_complete("count") and run.fs.exists(run.data_dir("count")):
+            rows = run.spark.read.parquet(run.data_dir("count")).select("entry_id", "count").toPandas()
+        else:
+            rows = count_entries(df, len(entries)).toPandas()
+        out[step] = _counts_frame(rows, entries)
     return out
 
 
@@ -333,10 +369,7 @@ def concept_coverage(run, concepts_file: str | None) -> pd.DataFrame | None:
     match_stats = run.stats("match")
     names, entries = list(concepts.synonyms), list(concepts.entries)
     frames = []
-    for step, stage in STEPS:
-        if not run.is_complete(stage):
-            continue
-        df = run.spark.read.parquet(run.data_dir(stage))
+    for step, df in step_frames(run).items():
         by_c, by_s = count_concepts(
             df, entries, concepts.synonyms, match_stats.get("match_mode", "metaclip"), match_stats.get("backend", "ahocorasick_rs")
         )
