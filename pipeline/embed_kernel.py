@@ -1,0 +1,386 @@
+"""The CLIP batch encoder and the per-shard embedding loop: plain torch, no Spark.
+
+Worker processes (a torch DataLoader) read and decode slices of shards ("chunks") and
+tokenize their captions while the main process runs the model on the previous chunks; the
+main process writes one Parquet file per input shard as soon as all its chunks are in,
+through a hidden temporary file and a rename, so a half-written shard never looks complete.
+Both the driver path and the Spark executor path (`pipeline.embed.embed_partition`) call
+`embed_shards`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from pipeline import reasons as R
+from pipeline.config import EmbedConfig
+from pipeline.errors import UserError
+from pipeline.imageio import ImageDecodeError, PreprocessSpec, load_image, normalize
+from pipeline.imageshards import Shard, _fs, read_samples, shard_size
+
+log = logging.getLogger(__name__)
+MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+META_KEY = b"curate.embed"
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class EmbedError(UserError):
+    """The model cannot be built or loaded as asked (unknown name, missing checkpoint, no weights)."""
+
+
+def vector_type() -> pa.DataType:
+    """list<float32> with non-null elements: Spark reads it as array<float> (containsNull=false)."""
+    return pa.list_(pa.field("element", pa.float32(), nullable=False))
+
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("key", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("image_embedding", vector_type()),
+        pa.field("text_embedding", vector_type()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+    ]
+)
+SHARD_DDL = (
+    "uid string, key string, text string, image_embedding array<float>, text_embedding array<float>, "
+    "reason string, detail string, shard string, position int"
+)
+
+
+# --------------------------------------------------------------------------- device and model
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise EmbedError(f"embed: device {requested!r} asked for but CUDA is not available here; use --device cpu or auto")
+    return requested
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    if requested == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    return requested
+
+
+def register_model_configs() -> None:
+    """Make the project's model configs (tiny-clip, for tests and the demo) known to open_clip."""
+    import open_clip
+
+    if not any(Path(p) == MODEL_CONFIGS for p in getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", [])):
+        open_clip.add_model_config(MODEL_CONFIGS)
+
+
+@dataclass
+class Encoder:
+    """An open_clip model on a device with its tokenizer and input spec; returns L2-normalised float32."""
+
+    model: Any
+    tokenizer: Any
+    spec: PreprocessSpec
+    device: str
+    precision: str
+    dim: int
+    weights: str  # "pretrained:<tag>", "checkpoint:<path>" or "random"
+
+    def _autocast(self):
+        if self.precision in _DTYPES:
+            return torch.autocast(device_type=torch.device(self.device).type, dtype=_DTYPES[self.precision])
+        return nullcontext()
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """uint8 (B, H, W, 3) pixels from the loader -> (B, dim) unit vectors."""
+        x = normalize(pixels, self.spec, self.device)
+        with self._autocast():
+            features = self.model.encode_image(x)
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, tokens: torch.Tensor) -> np.ndarray:
+        with self._autocast():
+            features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def load_encoder(cfg: EmbedConfig, device: str, seed: int = 0) -> Encoder:
+    """Build `cfg.model` with open_clip on `device`: `--pretrained` tag, `--checkpoint` file, or random weights.
+
+    Checkpoints go through open_clip's loader, which calls torch.load with weights_only=True.
+    Random weights come from a seeded generator, so two runs build the same model.
+    """
+    import open_clip
+
+    register_model_configs()
+    name = cfg.model
+    if ":" not in name and name not in open_clip.list_models():
+        raise EmbedError(f"embed: unknown model {name!r}; open_clip knows {len(open_clip.list_models())} (open_clip.list_models()), plus tiny-clip")
+    if cfg.checkpoint is not None and not os.path.isfile(cfg.checkpoint):
+        raise EmbedError(f"embed: checkpoint not found: {cfg.checkpoint}")
+    weights = cfg.checkpoint or cfg.pretrained
+    if weights is None:
+        log.warning(
+            "embed: no --pretrained tag or --checkpoint given: %s has RANDOM weights (seed %d); "
+            "its embeddings carry no meaning (fine for tests and the demo, not for curation)", name, seed,
+        )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, _, _ = open_clip.create_model_and_transforms(name, pretrained=weights, device=device, weights_only=True)
+    except EmbedError:
+        raise
+    except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError with long messages
+        what = f"checkpoint {cfg.checkpoint}" if cfg.checkpoint else f"pretrained weights {cfg.pretrained!r}"
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        hint = "" if cfg.checkpoint else " (no network here? download elsewhere and pass --checkpoint PATH)"
+        raise EmbedError(f"embed: could not load {what} for {name}: {first}{hint}") from None
+    model.eval()
+    spec = PreprocessSpec.from_model(model)
+    try:
+        spec.validate()
+    except ValueError as exc:
+        raise EmbedError(f"embed: {name}: {exc}") from None
+    precision = resolve_precision(cfg.precision, device)
+    dim = int(getattr(model, "embed_dim", 0) or model.text_projection.shape[1])
+    label = f"checkpoint:{cfg.checkpoint}" if cfg.checkpoint else (f"pretrained:{cfg.pretrained}" if cfg.pretrained else "random")
+    return Encoder(model, open_clip.get_tokenizer(name), spec, device, precision, dim, label)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+class ShardChunks(IterableDataset):
+    """Chunks (at most `batch_size` samples of one shard), decoded and tokenized in DataLoader workers.
+
+    Chunk j of shard s goes to worker (s + j) mod n_workers, so one big shard still spreads over
+    every worker. Each chunk says how many chunks its shard has, so the consumer knows when a
+    shard is complete whatever order chunks arrive in.
+    """
+
+    def __init__(self, shards: list[Shard], batch_size: int, spec: PreprocessSpec, tokenizer, cfg: EmbedConfig) -> None:
+        self.shards, self.batch_size, self.spec, self.tokenizer = shards, batch_size, spec, tokenizer
+        self.max_pixels, self.draft, self.text = cfg.max_image_pixels, cfg.draft, cfg.text
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for s, shard in enumerate(self.shards):
+            try:
+                n, error = shard_size(shard)
+            except Exception as exc:  # noqa: BLE001 - an unreadable shard is reported, not fatal
+                n, error = 0, f"{type(exc).__name__}: {exc}"
+            n_chunks = max(1, math.ceil(n / self.batch_size))
+            for j in range(n_chunks):
+                if (s + j) % workers == worker:
+                    yield self.chunk(s, shard, j, n_chunks, n, error)
+
+    def chunk(self, s: int, shard: Shard, j: int, n_chunks: int, n: int, error: str | None) -> dict:
+        start, stop = j * self.batch_size, min(n, (j + 1) * self.batch_size)
+        out: dict[str, Any] = {"shard": s, "chunk": j, "n_chunks": n_chunks, "start": start, "shard_error": error}
+        try:
+            samples = read_samples(shard, start, stop) if stop > start else []
+        except Exception as exc:  # noqa: BLE001
+            samples, out["shard_error"] = [], f"{type(exc).__name__}: {exc}"
+        pixels, ok, reasons, details, token_rows = [], [], [], [], []
+        for i, sample in enumerate(samples):
+            reason = detail = None
+            if sample.data is None:
+                reason, detail = R.NO_IMAGE, sample.note
+            else:
+                try:
+                    pixels.append(load_image(sample.data, self.spec, self.max_pixels, self.draft))
+                    ok.append(i)
+                    if self.text and sample.text:
+                        token_rows.append(i)
+                except ImageDecodeError as exc:
+                    reason, detail = R.IMAGE_DECODE_FAILED, str(exc)
+            reasons.append(reason)
+            details.append(detail)
+        size = self.spec.size
+        out.update(
+            uids=[x.uid for x in samples],
+            keys=[x.key for x in samples],
+            texts=[x.text for x in samples],
+            reasons=reasons,
+            details=details,
+            ok=ok,
+            pixels=torch.from_numpy(np.stack(pixels)) if pixels else torch.empty((0, size, size, 3), dtype=torch.uint8),
+            token_rows=token_rows,
+            tokens=self.tokenizer([samples[i].text for i in token_rows]) if token_rows else None,
+        )
+        return out
+
+
+# --------------------------------------------------------------------------- writing shards
+
+
+def output_path(out_dir: str, shard: Shard) -> str:
+    return f"{out_dir.rstrip('/')}/{shard.name}.parquet"
+
+
+def shard_done(out_dir: str, shard: Shard, fingerprint: str) -> bool:
+    """A shard counts as done only when its final file exists and was made with this fingerprint."""
+    fs, path = _fs(output_path(out_dir, shard))
+    try:
+        with fs.open_input_file(path) as fh:
+            meta = pq.ParquetFile(fh).schema_arrow.metadata or {}
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return False
+    try:
+        return json.loads(meta.get(META_KEY, b"{}")).get("fingerprint") == fingerprint
+    except ValueError:
+        return False
+
+
+def vectors(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """(n, dim) float32 rows -> list<float32> array, null where `valid` is False."""
+    n, dim = values.shape
+    counts = np.where(valid, dim, 0)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    flat = values[valid].reshape(-1).astype(np.float32, copy=False)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), type=vector_type(), mask=pa.array(~valid))
+
+
+def write_shard(out_dir: str, name: str, rows: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Write one shard's rows to `<out_dir>/<name>.parquet` via a hidden temporary file and a rename."""
+    n = len(rows["uid"])
+    table = pa.table(
+        {
+            "uid": pa.array(rows["uid"], pa.string()),
+            "key": pa.array(rows["key"], pa.string()),
+            "text": pa.array(rows["text"], pa.string()),
+            "image_embedding": vectors(rows["image"], rows["image_ok"]),
+            "text_embedding": vectors(rows["txt"], rows["txt_ok"]),
+            "reason": pa.array(rows["reason"], pa.string()),
+            "detail": pa.array(rows["detail"], pa.string()),
+            "shard": pa.array([name] * n, pa.string()),
+            "position": pa.array(np.arange(n, dtype=np.int32)),
+        },
+        schema=SHARD_SCHEMA.with_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()}),
+    )
+    fs, final = _fs(f"{out_dir.rstrip('/')}/{name}.parquet")
+    fs.create_dir(os.path.dirname(final), recursive=True)
+    # Hidden name: Spark and our own checks ignore it; a crash leaves it behind, never counted.
+    tmp = f"{os.path.dirname(final)}/.{name}.parquet.tmp-{uuid.uuid4().hex[:8]}"
+    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+    fs.move(tmp, final)
+    return final
+
+
+@dataclass
+class _Pending:
+    name: str
+    n_chunks: int
+    chunks: dict[int, dict]
+    error: str | None = None
+
+
+def embed_shards(
+    shards: list[Shard], out_dir: str, encoder: Encoder, cfg: EmbedConfig, fingerprint: str, progress: bool = True
+) -> dict[str, Any]:
+    """Embed every shard into `<out_dir>/<shard>.parquet`; returns counts, shard errors and images/s.
+
+    Shard rows: uid, key, text, image_embedding, text_embedding (null when there is no caption),
+    reason/detail (null for embedded samples; image_decode_failed or no_image otherwise).
+    """
+    from tqdm import tqdm
+
+    meta = {"fingerprint": fingerprint, "dim": encoder.dim, "dtype": "float32", "weights": encoder.weights}
+    dataset = ShardChunks(shards, cfg.batch_size, encoder.spec, encoder.tokenizer, cfg)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=cfg.workers,
+        pin_memory=encoder.device.startswith("cuda"),
+        prefetch_factor=4 if cfg.workers else None,
+    )
+    pending: dict[int, _Pending] = {}
+    images = failed = written = 0
+    errors: dict[str, str] = {}
+    started = time.time()
+    bar = tqdm(unit="img", desc="embed", disable=None if progress else True, smoothing=0.1)
+    for item in loader:
+        s = item["shard"]
+        p = pending.setdefault(s, _Pending(shards[s].name, item["n_chunks"], {}))
+        item["image"] = encoder.encode_images(item["pixels"]) if item["ok"] else None
+        item["txt"] = encoder.encode_texts(item["tokens"]) if item["token_rows"] else None
+        item["pixels"] = item["tokens"] = None
+        p.chunks[item["chunk"]] = item
+        p.error = p.error or item["shard_error"]
+        images += len(item["ok"])
+        failed += len(item["uids"]) - len(item["ok"])
+        bar.update(len(item["uids"]))
+        if len(p.chunks) == p.n_chunks:
+            del pending[s]
+            if p.error and not any(c["uids"] for c in p.chunks.values()):
+                # Nothing readable at all: leave the shard undone, so a rerun tries it again.
+                errors[p.name] = p.error
+                log.warning("embed: shard %s unreadable, not written: %s", p.name, p.error)
+                continue
+            if p.error:
+                errors[p.name] = p.error
+                log.warning("embed: shard %s partly readable: %s", p.name, p.error)
+            write_shard(out_dir, p.name, _assemble(p, encoder.dim), {**meta, "shard_error": p.error})
+            written += 1
+    bar.close()
+    seconds = time.time() - started
+    return {
+        "shards_written": written,
+        "images_embedded": images,
+        "samples_not_embedded": failed,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 2) if images and seconds > 0 else None,
+        "shard_errors": errors,
+    }
+
+
+def _assemble(p: _Pending, dim: int) -> dict[str, Any]:
+    cols: dict[str, list] = {k: [] for k in ("uid", "key", "text", "reason", "detail")}
+    image_parts, image_ok, txt_parts, txt_ok = [], [], [], []
+    for j in sorted(p.chunks):
+        c = p.chunks[j]
+        n = len(c["uids"])
+        cols["uid"] += c["uids"]
+        cols["key"] += c["keys"]
+        cols["text"] += c["texts"]
+        cols["reason"] += c["reasons"]
+        cols["detail"] += c["details"]
+        img, ok = np.zeros((n, dim), np.float32), np.zeros(n, bool)
+        if c["image"] is not None:
+            img[c["ok"]], ok[c["ok"]] = c["image"], True
+        txt, tok = np.zeros((n, dim), np.float32), np.zeros(n, bool)
+        if c["txt"] is not None:
+            txt[c["token_rows"]], tok[c["token_rows"]] = c["txt"], True
+        image_parts.append(img)
+        image_ok.append(ok)
+        txt_parts.append(txt)
+        txt_ok.append(tok)
+
+    return {
+        **cols,
+        "image": np.concatenate(image_parts),
+        "image_ok": np.concatenate(image_ok),
+        "txt": np.concatenate(txt_parts),
+        "txt_ok": np.concatenate(txt_ok),
+    }
