@@ -27,7 +27,7 @@ USER_ERRORS = (
 )
 # Modules that add their own subcommands with `add_cli(subparsers)`; each sets `func` on its parser.
 # Keep their top-level imports light (no torch, faiss): `curate --help` imports them all.
-PLUGIN_CLIS = ("pipeline.metadata", "pipeline.report")
+PLUGIN_CLIS = ("pipeline.metadata", "pipeline.report", "pipeline.runner", "pipeline.cluster", "pipeline.prune", "pipeline.download", "pipeline.embed")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -151,13 +151,12 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate the demo pool, then `curate run` on it (every enabled stage redone: the pool is new)."""
     import dataclasses
 
-    from pipeline.api import run_balance, run_count, run_ingest, run_match
     from pipeline.demo import generate_pool, write_concepts
-    from pipeline.ledger import check_accounting
     from pipeline.metadata import build_metadata, write_metadata
-    from pipeline.runs import Run
+    from pipeline.runner import describe, run_pipeline
 
     cfg = _config(args, {"demo.rows": args.rows})
     out = os.path.abspath(args.output)
@@ -172,32 +171,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         match=dataclasses.replace(cfg.match, metadata=cfg.match.metadata or metadata),
         count=dataclasses.replace(cfg.count, concepts=cfg.count.concepts or concepts),
         balance=cfg.balance if (cfg.balance.t or cfg.balance.tail_fraction) else dataclasses.replace(cfg.balance, tail_fraction=0.3),
+        run=dataclasses.replace(cfg.run, input=pool.path, output=os.path.join(out, "run")),
     )
     spark = _spark(cfg)
-    run_root = os.path.join(out, "run")
-    Run(spark, run_root).write_run_json(cfg.to_dict(), cfg.seed, ["demo", *sys.argv[1:]])
-    ingest = run_ingest(spark, pool.path, run_root, cfg, force=True).stats
-    match = run_match(spark, run_root, run_root, cfg, force=True).stats
-    count = run_count(spark, run_root, run_root, cfg, force=True).stats
-    balance = run_balance(spark, run_root, None, run_root, cfg, force=True).stats
-    accounting = check_accounting(spark, run_root, ["ingest", "match", "balance"])
-    from pipeline.report import run_report
-
-    run_report(spark, run_root)
-
-    def line(s: dict) -> str:
-        return f"{s['rows_in']} in, {s['kept']} kept, {s['dropped_total']} dropped {s['dropped']}"
-
+    result = run_pipeline(spark, cfg, force=True, command=["demo", *sys.argv[1:]])
     print(f"demo pool:  {pool.path} ({pool.rows} rows, images in {pool.images})")
-    print(f"ingest:     {line(ingest)}")
-    print(f"match:      {line(match)} against {match['entries']} entries ({match['match_mode']})")
-    print(f"count:      {count['texts']} texts; per-entry counts in {run_root}/count/data, concepts in {run_root}/count/concepts")
-    print(f"balance:    {line(balance)}; t={balance['t']:g} ({balance['t_from']}), expected {balance['expected_kept']:.0f} kept")
-    print(f"outputs:    {run_root}/balance/data  (the curated subset: uid, text, entry_ids, url, ...)")
-    print(f"decisions:  {run_root}/decisions     (Parquet ledger, partitioned by stage)")
-    print(f"accounting: each of {accounting['inputs']} input uids has exactly one terminal state; {accounting['kept']} kept")
-    print(f"run record: {run_root}/run.json")
-    print(f"report:     {run_root}/reports/report.html  (and datacard.md, concept_frequency.parquet, long_tail.json, plots)")
+    for line in describe(result):
+        print(line)
     return 0
 
 

@@ -186,6 +186,29 @@ class DemoConfig:
             raise ConfigError(f"{where}.image_size: must be >= 8, got {self.image_size}")
 
 
+# Pipeline order: each stage reads the output of the nearest earlier one it needs.
+STAGES = ("ingest", "match", "count", "balance", "download", "embed", "cluster", "prune", "report")
+TEXT_STAGES = ("ingest", "match", "count", "balance", "report")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """`curate run`: the pool, the run folder and the stages to run (in pipeline order)."""
+
+    input: str | None = None
+    output: str | None = None
+    stages: tuple[str, ...] = TEXT_STAGES
+
+    def validate(self, where: str) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"{where}.stages: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+        if len(set(self.stages)) != len(self.stages):
+            raise ConfigError(f"{where}.stages: a stage is listed twice: {', '.join(self.stages)}")
+        if not self.stages:
+            raise ConfigError(f"{where}.stages: empty; list at least one of {', '.join(STAGES)}")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     seed: int = 0
@@ -199,6 +222,7 @@ class PipelineConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self, where: str = "config") -> None:
         for f in dataclasses.fields(self):
@@ -225,6 +249,11 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: expected {hint}, got {type(value).__name__} {value!r}")
+    if origin is tuple:
+        item_t = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_check_type(v, item_t, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         key_t, val_t = typing.get_args(hint)
         if not isinstance(value, dict):
