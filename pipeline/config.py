@@ -137,29 +137,60 @@ class EmbedConfig:
 class ClusterConfig:
     # Owned by the cluster stage (pipeline/cluster.py).
     k: int = 100
+    # Cosine k-means (unit-normalised rows and centroids); distance = 1 - cos. Off: squared L2.
     spherical: bool = True
+    # FAISS trains on at most k x sample_per_centroid points (its max_points_per_centroid).
     sample_per_centroid: int = 256
     niter: int = 20
+    # Nearest clusters recorded per row (top_clusters, top_distances) for multi-label analysis.
     top_m: int = 3
+    embedding_col: str = "image_embedding"
+    # Embedding dimension; None = the most common length in the input (others are invalid rows).
+    dim: int | None = None
 
     def validate(self, where: str) -> None:
-        if self.k < 1:
-            raise ConfigError(f"{where}.k: must be >= 1, got {self.k}")
+        for name in ("k", "sample_per_centroid", "niter", "top_m"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.dim is not None and self.dim < 1:
+            raise ConfigError(f"{where}.dim: must be >= 1, got {self.dim}")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     # Owned by the prune stage (pipeline/prune.py); every step is optional (None = off).
+    # SemDeDup: drop a member whose max cosine similarity to earlier members exceeds 1 - eps.
     dedup_eps: float | None = None
+    # DBP: keep this fraction of SemDeDup's survivors, spread by cluster complexity.
     keep_fraction: float | None = None
-    temperature: float = 0.1
+    temperature: float = 0.5
     inter_k: int = 20
     floor_ratio: float = 0.0
+    # Cluster balancing: keep at most this many members per cluster (the farthest).
     max_per_cluster: int | None = None
+    # SemDeDup similarity blocks: block_size x block_size float32 per matmul.
+    block_size: int = 4096
+    # A previous prune's similarity table (a run, a prune folder or the table): re-threshold it
+    # with dedup_eps instead of recomputing similarities.
+    similarity: str | None = None
 
     def validate(self, where: str) -> None:
         if self.dedup_eps is not None and not 0.0 <= self.dedup_eps < 1.0:
             raise ConfigError(f"{where}.dedup_eps: must be in [0, 1), got {self.dedup_eps}")
+        if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
+            raise ConfigError(f"{where}.keep_fraction: must be in (0, 1], got {self.keep_fraction}")
+        if self.temperature <= 0:
+            raise ConfigError(f"{where}.temperature: must be > 0, got {self.temperature}")
+        if self.inter_k < 1:
+            raise ConfigError(f"{where}.inter_k: must be >= 1, got {self.inter_k}")
+        if not 0.0 <= self.floor_ratio <= 1.0:
+            raise ConfigError(f"{where}.floor_ratio: must be in [0, 1], got {self.floor_ratio}")
+        if self.max_per_cluster is not None and self.max_per_cluster < 1:
+            raise ConfigError(f"{where}.max_per_cluster: must be >= 1, got {self.max_per_cluster}")
+        if self.block_size < 1:
+            raise ConfigError(f"{where}.block_size: must be >= 1, got {self.block_size}")
+        if self.similarity is not None and self.dedup_eps is None:
+            raise ConfigError(f"{where}.similarity: re-thresholding a similarity table needs dedup_eps")
 
 
 @dataclass(frozen=True)

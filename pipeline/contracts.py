@@ -55,11 +55,18 @@ def require_columns(df: DataFrame, needed: Iterable[str], stage: str) -> None:
         )
 
 
+def _cast(df: DataFrame, name: str, want: T.DataType) -> Column:
+    have = df.schema[name].dataType if name in df.columns else None
+    if isinstance(want, T.ArrayType) and isinstance(have, T.ArrayType) and have.elementType == want.elementType:
+        # Parquet reads every array back with containsNull=true, and Spark cannot cast that to
+        # containsNull=false: the element type is what the contract fixes.
+        return F.col(name)
+    return F.col(name).cast(want)
+
+
 def select_contract(df: DataFrame, name: str, extra: Iterable[str] = ()) -> DataFrame:
     """End a stage: the contract's columns cast to their types, then any extra columns present."""
-    cols: list[Column] = [
-        F.col(c["name"]).cast(spark_type(c["type"])).alias(c["name"]) for c in contract_columns(name)
-    ]
+    cols: list[Column] = [_cast(df, c["name"], spark_type(c["type"])).alias(c["name"]) for c in contract_columns(name)]
     core = {c["name"] for c in contract_columns(name)}
     cols += [F.col(c) for c in extra if c in df.columns and c not in core]
     return df.select(*cols)

@@ -118,6 +118,7 @@ class Run:
         files: dict[str, Any] | None = None,
         stats_from: Callable[[DataFrame], dict[str, Any]] | None = None,
         detail: Callable[[], Column] | None = None,
+        tables: dict[str, DataFrame] | None = None,
     ) -> StageResult:
         """Commit a stage that decides rows: `decided` carries `_reason` (null = kept) and `_detail`.
 
@@ -179,7 +180,7 @@ class Run:
                 **extra,
             }
 
-        return self._commit(stage, write, fingerprint, extra_stats, started, None, files, with_ledger=True)
+        return self._commit(stage, write, fingerprint, extra_stats, started, tables, files, with_ledger=True)
 
     def commit_tables(
         self,
@@ -205,7 +206,11 @@ class Run:
         for name, df in (tables or {}).items():
             df.write.option("compression", "zstd").parquet(f"{tmp}/{name}")
         for name, obj in (files or {}).items():
-            self.fs.write_json(f"{tmp}/{name}", obj)
+            # bytes as they are (e.g. a .npy or a small .parquet file), anything else as JSON
+            if isinstance(obj, bytes):
+                self.fs.write_bytes(f"{tmp}/{name}", obj)
+            else:
+                self.fs.write_json(f"{tmp}/{name}", obj)
         log.debug("%s: tables and files written at %.1fs", stage, time.time() - started)
         stats.update({"seconds": round(time.time() - started, 3), "finished": _now(), **(extra_stats or {})})
         self.fs.write_json(f"{tmp}/stats.json", stats)

@@ -1,0 +1,352 @@
+"""Clustering stage: FAISS k-means on a deterministic sample, then every embedding assigned on Spark.
+
+Kernels (numpy, FAISS) first, the Spark adapter and the stage runner after. Training runs on the
+driver on at most k x sample_per_centroid points (one GPU when faiss has one, else CPU); the sample
+is the points with the smallest xxhash64(seed, uid), so it is the same on any partitioning.
+Assignment broadcasts the centroids and runs a numpy matmul per Arrow batch on the executors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+STAGE = "cluster"
+
+
+class ClusterError(UserError):
+    """The clustering input or settings cannot work (too few points, no embedding column, ...)."""
+
+
+def require_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ClusterError("faiss is not installed: pip install 'curate-pipeline[cluster]' (faiss-cpu) or '[gpu]' (faiss-gpu)") from None
+    return faiss
+
+
+# --- kernels --------------------------------------------------------------------------------
+
+
+def prepare(x: np.ndarray, spherical: bool) -> np.ndarray:
+    """float32 rows; unit-normalised when clustering is spherical (cosine is scale-free)."""
+    x = np.ascontiguousarray(x, np.float32)
+    if spherical:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms > 0, norms, 1.0).astype(np.float32)
+    return x
+
+
+def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int, spherical: bool, gpu: bool | None = None) -> dict[str, Any]:
+    """FAISS k-means on all of `x` (already sampled): centroids (k x d float32), objective, info."""
+    faiss = require_faiss()
+    n, d = x.shape
+    if n < k:
+        raise ClusterError(f"cluster: k={k} but only {n} valid embeddings to train on; lower --k")
+    use_gpu = bool(faiss.get_num_gpus() > 0) if gpu is None else gpu
+    km = faiss.Kmeans(
+        d, k, niter=niter, seed=int(seed) % (2**31 - 1), spherical=spherical, gpu=use_gpu,
+        # x is already the sample: FAISS must not subsample it again.
+        max_points_per_centroid=max(1, -(-n // k)), min_points_per_centroid=1, verbose=False,
+    )
+    km.train(prepare(x, spherical))
+    centroids = np.ascontiguousarray(km.centroids, np.float32)
+    return {
+        "centroids": centroids,
+        "faiss_objective": float(km.obj[-1]) if len(km.obj) else None,
+        "sse": sum_squared_distances(prepare(x, spherical), centroids),
+        "gpu": use_gpu,
+        "faiss_version": faiss.__version__,
+    }
+
+
+def sum_squared_distances(x: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> float:
+    """The k-means objective: sum over points of the squared L2 distance to the nearest centroid."""
+    c = np.asarray(centroids, np.float32)
+    cc = (c.astype(np.float64) ** 2).sum(axis=1)
+    total = 0.0
+    for s in range(0, len(x), batch):
+        xb = np.asarray(x[s : s + batch], np.float32)
+        d2 = (xb.astype(np.float64) ** 2).sum(axis=1)[:, None] - 2.0 * (xb @ c.T) + cc[None, :]
+        total += float(np.maximum(d2.min(axis=1), 0.0).sum())
+    return total
+
+
+def exact_distances(x: np.ndarray, centroids: np.ndarray, ids: np.ndarray, spherical: bool) -> np.ndarray:
+    """Distances of each row to the given centroids, row by row in float64.
+
+    Row-wise (not one matmul over the batch) so the value does not depend on which rows share a
+    batch, i.e. on the partitioning: 1 - cos when spherical (rows and centroids unit-normalised),
+    else the squared L2 distance.
+    """
+    x64 = np.asarray(x, np.float64)
+    c64 = np.asarray(centroids, np.float64)[ids]  # (n, m, d)
+    if spherical:
+        c64 = c64 / np.maximum(np.linalg.norm(c64, axis=2, keepdims=True), 1e-30)
+        return 1.0 - np.einsum("nd,nmd->nm", x64, c64)
+    diff = x64[:, None, :] - c64
+    return np.einsum("nmd,nmd->nm", diff, diff)
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, top_m: int, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The top_m nearest centroids of each row: (ids (n, m) int32, distances (n, m) float32).
+
+    Candidates come from a float32 matmul; the few nearest are re-ranked by exact row-wise
+    distances (ties by centroid id), so the result is independent of the batch a row is in.
+    Rows go in chunks so the n x k score matrix stays around 64 MB whatever k is.
+    """
+    x = prepare(x, spherical)
+    c = np.asarray(centroids, np.float32)
+    k = len(c)
+    m = min(top_m, k)
+    cand = min(k, m + 2)
+    cc = (c * c).sum(axis=1)[None, :]
+    ids_out = np.empty((len(x), m), np.int32)
+    dist_out = np.empty((len(x), m), np.float32)
+    step = max(16, min(4096, (1 << 24) // max(1, k)))
+    for s in range(0, len(x), step):
+        xb = x[s : s + step]
+        score = -(xb @ c.T) if spherical else cc - 2.0 * (xb @ c.T)
+        if cand < k:
+            ids = np.argpartition(score, cand - 1, axis=1)[:, :cand]
+        else:
+            ids = np.tile(np.arange(k), (len(xb), 1))
+        dist = exact_distances(xb, c, ids, spherical)
+        order = np.lexsort((ids, dist), axis=1)[:, :m]
+        rows = np.arange(len(xb))[:, None]
+        ids_out[s : s + step] = ids[rows, order]
+        dist_out[s : s + step] = dist[rows, order]
+    return ids_out, dist_out
+
+
+def centroids_bytes(centroids: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(centroids, np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_centroids(fs, path: str) -> np.ndarray:
+    """Centroids saved by the cluster stage (`np.load` without pickles)."""
+    return np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False)
+
+
+# --- Spark adapter ----------------------------------------------------------------------------
+
+
+def invalid_embedding_detail(col: str, dim: int):
+    """A Column: why the embedding in `col` cannot be used (null when it can)."""
+    from pyspark.sql import functions as F
+
+    e = F.col(col)
+    inf = F.lit(float("inf"))
+    bad_value = F.exists(e, lambda v: v.isNull() | F.isnan(v) | (F.abs(v) == inf))
+    square_norm = F.aggregate(e, F.lit(0.0).cast("double"), lambda acc, v: acc + v.cast("double") * v.cast("double"))
+    return (
+        F.when(e.isNull(), F.lit("no embedding"))
+        .when(F.size(e) != dim, F.format_string(f"dimension %d, expected {dim}", F.size(e)))
+        .when(bad_value, F.lit("NaN, infinite or null value"))
+        .when(square_norm == 0, F.lit("zero vector"))
+    )
+
+
+def embedding_dimension(df, col: str) -> int:
+    """The most common embedding length (ties: the smaller); other lengths are invalid rows."""
+    from pyspark.sql import functions as F
+
+    row = (
+        df.where(F.col(col).isNotNull() & (F.size(col) > 0))
+        .groupBy(F.size(col).alias("dim")).count()
+        .orderBy(F.desc("count"), "dim").first()
+    )
+    if row is None:
+        raise ClusterError(f"cluster: no non-empty embedding in column {col}")
+    return int(row["dim"])
+
+
+def sample_embeddings(valid, seed: int, n: int, dim: int) -> tuple[np.ndarray, list[str]]:
+    """The n valid rows with the smallest xxhash64(seed, uid) (ties by uid), as (matrix, uids).
+
+    A hash of (seed, uid) picks the same rows on any partitioning; order by it on the driver too.
+    """
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    key = F.xxhash64(F.lit(int(seed)), F.col("uid"))
+    table = valid.select("uid", "_emb", key.alias("_key")).orderBy("_key", "uid").limit(n).toArrow()
+    table = table.sort_by([("_key", "ascending"), ("uid", "ascending")])
+    emb = table.column("_emb").combine_chunks()
+    values = pc.list_flatten(emb).to_numpy(zero_copy_only=False).astype(np.float32)
+    return values.reshape(len(table), dim), table.column("uid").to_pylist()
+
+
+def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spherical: bool):
+    """Needs uid, _emb (array<float>) and _detail (null = valid). Adds cluster_id, distance,
+    top_clusters, top_distances and _reason (invalid_embedding where _detail is set)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from pipeline import reasons as R
+
+    shared = checked.sparkSession.sparkContext.broadcast(np.asarray(centroids, np.float32))
+    dim = centroids.shape[1]
+    m = min(top_m, len(centroids))
+    out_schema = T.StructType([
+        T.StructField("uid", T.StringType(), False),
+        T.StructField("cluster_id", T.IntegerType(), True),
+        T.StructField("distance", T.FloatType(), True),
+        T.StructField("top_clusters", T.ArrayType(T.IntegerType(), False), True),
+        T.StructField("top_distances", T.ArrayType(T.FloatType(), False), True),
+        T.StructField("_detail", T.StringType(), True),
+    ])
+    arrow_schema = pa.schema([
+        pa.field("uid", pa.string(), False), pa.field("cluster_id", pa.int32()), pa.field("distance", pa.float32()),
+        pa.field("top_clusters", pa.list_(pa.field("element", pa.int32(), False))),
+        pa.field("top_distances", pa.list_(pa.field("element", pa.float32(), False))),
+        pa.field("_detail", pa.string()),
+    ])
+
+    def run(batches):
+        c = shared.value
+        for batch in batches:
+            detail = batch.column("_detail")
+            valid = pc.is_null(detail).to_numpy(zero_copy_only=False)
+            nv = int(valid.sum())
+            ids = np.zeros((len(valid), m), np.int32)
+            dist = np.zeros((len(valid), m), np.float32)
+            if nv:
+                emb = pc.filter(batch.column("_emb"), pa.array(valid))
+                x = pc.list_flatten(emb).to_numpy(zero_copy_only=False).reshape(nv, dim)
+                ids[valid], dist[valid] = assign(x, c, m, spherical)
+            invalid = ~valid
+            offsets = pa.array(np.arange(len(valid) + 1, dtype=np.int32) * m)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("uid"),
+                    pa.array(ids[:, 0], pa.int32(), mask=invalid),
+                    pa.array(dist[:, 0], pa.float32(), mask=invalid),
+                    pa.ListArray.from_arrays(offsets, pa.array(ids.ravel(), pa.int32()), mask=pa.array(invalid)).cast(arrow_schema.field("top_clusters").type),
+                    pa.ListArray.from_arrays(offsets, pa.array(dist.ravel(), pa.float32()), mask=pa.array(invalid)).cast(arrow_schema.field("top_distances").type),
+                    detail,
+                ],
+                schema=arrow_schema,
+            )
+
+    out = checked.select("uid", "_emb", "_detail").mapInArrow(run, out_schema)
+    return out.withColumn("_reason", F.when(F.col("_detail").isNotNull(), F.lit(R.INVALID_EMBEDDING)))
+
+
+# --- stage runner -----------------------------------------------------------------------------
+
+
+def run_cluster(spark, input_path: str, run_root: str, cfg, force: bool = False):
+    """Train k-means on a sample of `input_path`'s embeddings and assign every row: `<run>/cluster`.
+
+    Input: a run folder (its embed stage output) or any Parquet with `uid` and the embedding
+    column. Output data: uid, cluster_id, distance, top_clusters, top_distances; centroids.npy
+    beside it; invalid embeddings go to the ledger as invalid_embedding.
+    """
+    from pyspark.sql import functions as F
+
+    from pipeline.contracts import require_columns, select_contract
+    from pipeline.runs import Run, StageResult, config_hash
+
+    c = cfg.cluster
+    run = Run(spark, run_root)
+    source = run.resolve_input(input_path, "embed")
+    fingerprint = config_hash({"input": run.fs.qualify(source), "cluster": c.__dict__, "seed": cfg.seed})
+    if not force and run.is_complete(STAGE, fingerprint):
+        log.info("cluster: complete with the same input, config and seed; skipping")
+        return StageResult(STAGE, run.stage_dir(STAGE), run.stats(STAGE), skipped=True)
+    require_faiss()
+    started = time.time()
+    df = spark.read.parquet(source)
+    require_columns(df, ("uid", c.embedding_col), STAGE)
+    dim = c.dim or embedding_dimension(df, c.embedding_col)
+    checked = df.select(
+        "uid",
+        F.col(c.embedding_col).cast("array<float>").alias("_emb"),
+        invalid_embedding_detail(c.embedding_col, dim).alias("_detail"),
+    )
+    valid = checked.where(F.col("_detail").isNull())
+    sample_n = c.k * c.sample_per_centroid
+    t0 = time.time()
+    x, _ = sample_embeddings(valid, cfg.seed, sample_n, dim)
+    log.info("cluster: sampled %d of at most %d points (dim %d) in %.1fs", len(x), sample_n, dim, time.time() - t0)
+    t0 = time.time()
+    trained = train_kmeans(x, c.k, c.niter, cfg.seed, c.spherical)
+    train_s = time.time() - t0
+    log.info("cluster: k-means k=%d on %d points in %.1fs (gpu=%s)", c.k, len(x), train_s, trained["gpu"])
+    decided = with_cluster_assignments(checked, trained["centroids"], c.top_m, c.spherical)
+    return run.commit(
+        STAGE,
+        decided,
+        fingerprint,
+        shape=lambda kept: select_contract(kept, "cluster"),
+        extra_stats={
+            "input": source,
+            "embedding_col": c.embedding_col,
+            "k": c.k,
+            "dim": dim,
+            "spherical": c.spherical,
+            "distance": "cosine (1 - cos)" if c.spherical else "squared L2",
+            "top_m": min(c.top_m, c.k),
+            "sample_size": len(x),
+            "sample_per_centroid": c.sample_per_centroid,
+            "niter": c.niter,
+            "seed": cfg.seed,
+            "faiss_objective": trained["faiss_objective"],
+            "sample_sse": trained["sse"],
+            "faiss_version": trained["faiss_version"],
+            "gpu": trained["gpu"],
+            "train_seconds": round(train_s, 3),
+        },
+        started=started,
+        files={"centroids.npy": centroids_bytes(trained["centroids"])},
+    )
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register `cluster` on the `curate` command's subparsers."""
+    p = subparsers.add_parser("cluster", help="FAISS k-means on a sample, then every embedding assigned to its nearest centroids")
+    p.add_argument("--input", required=True, help="a run folder (its embed output) or Parquet with uid and an embedding column")
+    p.add_argument("--output", required=True, help="the run folder")
+    p.add_argument("--k", type=int, help="number of clusters (default 100)")
+    p.add_argument("--spherical", action=argparse.BooleanOptionalAction, default=None, help="cosine k-means (default on)")
+    p.add_argument("--sample-per-centroid", type=int, help="train on at most k x N points (default 256)")
+    p.add_argument("--niter", type=int, help="k-means iterations (default 20)")
+    p.add_argument("--top-m", type=int, help="nearest clusters kept per row in top_clusters (default 3)")
+    p.add_argument("--embedding-col", help="embedding column (default image_embedding)")
+    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
+    p.add_argument("--config", help="YAML config file (see configs/demo.yaml)")
+    p.add_argument("--master", help="Spark master (default local[*]; ignored under spark-submit)")
+    p.add_argument("--seed", type=int, help="random seed: sample and FAISS initialisation (default 0)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_cluster)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from pipeline.cli import _stage
+
+    overrides = {
+        "cluster.k": args.k,
+        "cluster.spherical": args.spherical,
+        "cluster.sample_per_centroid": args.sample_per_centroid,
+        "cluster.niter": args.niter,
+        "cluster.top_m": args.top_m,
+        "cluster.embedding_col": args.embedding_col,
+    }
+    return _stage(args, overrides, run_cluster, args.input)

@@ -1,0 +1,400 @@
+"""Prune stage: SemDeDup, then density-based pruning (DBP), then a per-cluster cap; each optional.
+
+All three keep members farthest from their centroid first, in one order per cluster: distance
+to the centroid descending, ties by uid ascending (`rank` 0 = farthest).
+
+- SemDeDup (`dedup_eps`): member j is dropped (semantic_duplicate) when its maximum cosine
+  similarity to the members before it, removed ones included, exceeds 1 - eps. The per-member
+  maxima are kept in `<run>/prune/similarity`, so `--similarity RUN --dedup-eps E` applies
+  another eps without touching the embeddings. Kernel: pipeline/semdedup.py.
+- DBP (`keep_fraction`): over SemDeDup's survivors. n_j = survivors of cluster j; d_intra(j) =
+  their mean distance to centroid j (cosine: it needs spherical clusters); d_inter over all
+  centroids; N' = round(keep_fraction * sum n_j); the quota x_j of pipeline/dbp.py keeps the
+  x_j farthest survivors, the rest are density_pruned.
+- Cap (`max_per_cluster`): of what DBP kept, at most M per cluster (the farthest);
+  the rest are cluster_capped.
+
+Because every step keeps a prefix of the same order, the survivors' position (`survivor
+rank`) decides DBP and the cap together: kept iff position <= min(quota_j, M).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+STAGE = "prune"
+SIMILARITY_COLUMNS = ("uid", "cluster_id", "rank", "max_sim_earlier", "most_similar_uid")
+
+
+class PruneError(UserError):
+    """The prune inputs or settings cannot work together."""
+
+
+# --- Spark adapters -----------------------------------------------------------------------------
+
+
+def with_similarity(members, block_size: int):
+    """Needs uid, cluster_id, distance, _emb (valid, array<float>). Per cluster (applyInArrow),
+    adds rank, max_sim_earlier, most_similar_uid; drops _emb. Other columns pass through.
+
+    One cluster's embeddings are held by one task: memory is n_j x dim floats plus one
+    block_size x block_size block.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark.sql import types as T
+
+    from pipeline.semdedup import dedup_cluster
+
+    out_schema = T.StructType(
+        [f for f in members.schema.fields if f.name != "_emb"]
+        + [
+            T.StructField("rank", T.LongType(), False),
+            T.StructField("max_sim_earlier", T.FloatType(), True),
+            T.StructField("most_similar_uid", T.StringType(), True),
+        ]
+    )
+
+    def per_cluster(table: pa.Table) -> pa.Table:
+        uids = table.column("uid").to_pylist()
+        distance = table.column("distance").to_numpy()
+        emb = table.column("_emb").combine_chunks()
+        x = pc.list_flatten(emb).to_numpy(zero_copy_only=False).reshape(len(uids), -1)
+        r = dedup_cluster(uids, distance, x, block_size)
+        out = table.drop_columns(["_emb"]).take(pa.array(r["index"]))
+        sim = r["max_sim_earlier"]
+        most = [uids[i] if i >= 0 else None for i in r["most_similar"]]
+        return (
+            out.append_column("rank", pa.array(r["rank"], pa.int64()))
+            .append_column("max_sim_earlier", pa.array(sim, pa.float32(), mask=np.isnan(sim)))
+            .append_column("most_similar_uid", pa.array(most, pa.string()))
+        )
+
+    return members.groupBy("cluster_id").applyInArrow(per_cluster, out_schema)
+
+
+def with_rank(members):
+    """Needs uid, cluster_id, distance. Adds rank (farthest first, ties by uid) and null similarities."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("cluster_id").orderBy(F.desc("distance"), F.asc("uid"))
+    return (
+        members.withColumn("rank", (F.row_number().over(w) - 1).cast("long"))
+        .withColumn("max_sim_earlier", F.lit(None).cast("float"))
+        .withColumn("most_similar_uid", F.lit(None).cast("string"))
+    )
+
+
+def rethreshold(similarity, eps: float):
+    """A stored similarity table re-thresholded: uid, cluster_id, rank, is_duplicate at this eps."""
+    from pyspark.sql import functions as F
+
+    dup = F.coalesce(F.col("max_sim_earlier").cast("double") > F.lit(1.0 - eps), F.lit(False))
+    return similarity.select("uid", "cluster_id", "rank", dup.alias("is_duplicate"))
+
+
+def similarity_table_path(run, path: str) -> str:
+    """A run folder, a prune stage folder or the similarity table itself -> the table's path."""
+    from pipeline.runs import MARKER
+
+    path = path.rstrip("/")
+    if run.fs.exists(f"{path}/{STAGE}/{MARKER}"):
+        path = f"{path}/{STAGE}"
+    if run.fs.exists(f"{path}/{MARKER}"):
+        if not run.fs.exists(f"{path}/similarity"):
+            raise PruneError(f"{path} has no similarity table: that prune ran without SemDeDup")
+        return f"{path}/similarity"
+    if not run.fs.exists(path):
+        raise FileNotFoundError(f"similarity table not found: {path}")
+    return path
+
+
+def cluster_survivors(members) -> list:
+    """Rows of (cluster_id, size = valid members, n = SemDeDup survivors, dsum = their distances' sum).
+
+    The distance sum is a decimal sum: exact, so d_intra does not depend on the partitioning.
+    """
+    from pyspark.sql import functions as F
+
+    surv = F.col("_survivor")
+    rows = (
+        members.groupBy("cluster_id")
+        .agg(
+            F.sum(F.col("_valid").cast("long")).alias("size"),
+            F.sum(surv.cast("long")).alias("n"),
+            F.sum(F.when(surv, F.col("distance").cast("decimal(18,12)"))).alias("dsum"),
+        )
+        .collect()
+    )
+    return rows
+
+
+def _survivor_flags(members, eps: float | None):
+    from pyspark.sql import functions as F
+
+    valid = F.col("_detail").isNull()
+    dup = F.lit(False) if eps is None else F.coalesce(F.col("max_sim_earlier").cast("double") > F.lit(1.0 - eps), F.lit(False))
+    return members.withColumn("_valid", valid).withColumn("_dup", valid & dup).withColumn("_survivor", valid & ~dup)
+
+
+def with_prune_decisions(members, limits, eps: float | None, max_per_cluster: int | None):
+    """Needs the members (with _valid, _dup, _survivor, rank) and limits (cluster_id, quota, limit, n).
+
+    Adds _reason and _detail: invalid_embedding, semantic_duplicate, density_pruned, cluster_capped.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from pipeline import reasons as R
+
+    w = Window.partitionBy("cluster_id").orderBy("rank").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    pos = F.col("_position")
+    df = members.withColumn("_position", F.sum(F.col("_survivor").cast("long")).over(w)).join(
+        F.broadcast(limits), on="cluster_id", how="left"
+    )
+    reason = (
+        F.when(~F.col("_valid"), F.lit(R.INVALID_EMBEDDING))
+        .when(F.col("_dup"), F.lit(R.SEMANTIC_DUPLICATE))
+        .when(pos > F.col("_quota"), F.lit(R.DENSITY_PRUNED))
+        .when(pos > F.col("_limit"), F.lit(R.CLUSTER_CAPPED))
+    )
+    detail = (
+        F.when(~F.col("_valid"), F.col("_detail"))
+        .when(F.col("_dup"), F.format_string("duplicate of %s (cos=%.3f)", F.col("most_similar_uid"), F.col("max_sim_earlier")))
+        .when(pos > F.col("_quota"), F.format_string("cluster %d: DBP quota %d of %d survivors, position %d", F.col("cluster_id"), F.col("_quota"), F.col("_n"), pos))
+        .when(pos > F.col("_limit"), F.format_string(f"cluster %d: cap {max_per_cluster}, position %d", F.col("cluster_id"), pos))
+    )
+    return df.withColumn("_reason", reason).withColumn("_detail", detail)
+
+
+# --- stage runner -----------------------------------------------------------------------------
+
+
+def _cluster_stats_bytes(table: dict[str, Any]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.contracts import contract_columns
+
+    types = {"int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64()}
+    fields = [pa.field(c["name"], types[c["type"]], c["nullable"]) for c in contract_columns("cluster_stats")]
+    arrays = []
+    for f in fields:
+        v = np.asarray(table[f.name])
+        mask = np.isnan(v) if v.dtype.kind == "f" else None
+        if mask is not None and pa.types.is_integer(f.type):
+            v = np.nan_to_num(v).astype(np.int64)
+        arrays.append(pa.array(v, f.type, mask=mask))
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, cfg, force: bool = False):
+    """SemDeDup, DBP and the per-cluster cap over the cluster stage's members: `<run>/prune`.
+
+    `input_path`: a run folder (its embed output) or Parquet with uid and the embedding column
+    (needed only when SemDeDup computes similarities; its scalar columns are carried to the output).
+    `clusters_path`: a run folder or cluster stage folder (default: `run_root`).
+    """
+    from pyspark.sql import functions as F
+
+    from pipeline.cluster import invalid_embedding_detail, load_centroids
+    from pipeline.contracts import require_columns, select_contract
+    from pipeline.dbp import dbp_quotas, inter_cluster_distance, kept_total
+    from pipeline.runs import MARKER, Run, StageResult, config_hash
+
+    p = cfg.prune
+    run = Run(spark, run_root)
+    cluster_source = run.resolve_input(clusters_path or run_root, "cluster")
+    cluster_dir = cluster_source[: -len("/data")] if cluster_source.endswith("/data") else cluster_source
+    if not run.fs.exists(f"{cluster_dir}/centroids.npy"):
+        raise PruneError(f"{clusters_path or run_root}: not a cluster stage output (no centroids.npy)")
+    cstats = run.fs.read_json(f"{cluster_dir}/stats.json")
+    if p.keep_fraction is not None and not cstats.get("spherical", True):
+        raise PruneError("prune: DBP uses cosine distances to the centroid; recluster with --spherical")
+    embed_source = run.resolve_input(input_path, "embed")
+    compute_sim = p.dedup_eps is not None and p.similarity is None
+    sim_source = similarity_table_path(run, p.similarity) if p.similarity else None
+    cluster_marker = run.fs.read_json(f"{cluster_dir}/{MARKER}") if run.fs.exists(f"{cluster_dir}/{MARKER}") else {}
+    fingerprint = config_hash({
+        "input": run.fs.qualify(embed_source),
+        "clusters": run.fs.qualify(cluster_source),
+        "clusters_marker": cluster_marker.get("fingerprint"),
+        "similarity": run.fs.qualify(sim_source) if sim_source else None,
+        "prune": p.__dict__,
+    })
+    if not force and run.is_complete(STAGE, fingerprint):
+        log.info("prune: complete with the same inputs and config; skipping")
+        return StageResult(STAGE, run.stage_dir(STAGE), run.stats(STAGE), skipped=True)
+    started = time.time()
+    centroids = load_centroids(run.fs, f"{cluster_dir}/centroids.npy")
+    emb_col = cstats.get("embedding_col", "image_embedding")
+    clusters = spark.read.parquet(cluster_source)
+    require_columns(clusters, ("uid", "cluster_id", "distance"), STAGE)
+    embed = spark.read.parquet(embed_source)
+    require_columns(embed, ("uid", emb_col) if compute_sim else ("uid",), STAGE)
+    from pyspark.sql import types as T
+
+    taken = {"uid", "cluster_id", "distance", "rank", "max_sim_earlier", "most_similar_uid"}
+    extras = [
+        f.name for f in embed.schema.fields
+        if f.name not in taken and not f.name.startswith("_")
+        and not (isinstance(f.dataType, T.ArrayType) and isinstance(f.dataType.elementType, (T.FloatType, T.DoubleType)))
+    ]
+    members = clusters.select("uid", "cluster_id", "distance").join(
+        embed.select("uid", *extras, *([F.col(emb_col).cast("array<float>").alias("_emb")] if compute_sim else [])),
+        on="uid", how="left",
+    )
+    if compute_sim:
+        members = members.withColumn("_detail", invalid_embedding_detail("_emb", centroids.shape[1]))
+        valid = with_similarity(members.where(F.col("_detail").isNull()).drop("_detail"), p.block_size)
+        invalid = (
+            members.where(F.col("_detail").isNotNull()).drop("_emb")
+            .withColumn("rank", F.lit(None).cast("long"))
+            .withColumn("max_sim_earlier", F.lit(None).cast("float"))
+            .withColumn("most_similar_uid", F.lit(None).cast("string"))
+        )
+        members = valid.withColumn("_detail", F.lit(None).cast("string")).unionByName(invalid)
+    elif sim_source:
+        stored = spark.read.parquet(sim_source)
+        require_columns(stored, SIMILARITY_COLUMNS, "prune --similarity")
+        members = members.join(
+            stored.select("uid", F.col("cluster_id").alias("_stored_cluster"), "rank", "max_sim_earlier", "most_similar_uid"),
+            on="uid", how="left",
+        ).withColumn("_detail", F.lit(None).cast("string"))
+    else:
+        members = with_rank(members).withColumn("_detail", F.lit(None).cast("string"))
+
+    tmp = f"{run.root}/_tmp/prune-members-{uuid.uuid4().hex[:12]}"
+    try:
+        t0 = time.time()
+        members.write.parquet(tmp)  # the expensive per-cluster work, done once
+        members = spark.read.parquet(tmp)
+        log.info("prune: per-cluster similarities in %.1fs", time.time() - t0)
+        if sim_source:
+            bad = members.where(F.col("rank").isNull() | (F.col("_stored_cluster") != F.col("cluster_id"))).count()
+            if bad:
+                raise PruneError(
+                    f"prune --similarity {p.similarity}: {bad} members are missing or in another cluster there; "
+                    "it was computed on other clusters: run without --similarity"
+                )
+            members = members.drop("_stored_cluster")
+        members = _survivor_flags(members, p.dedup_eps)
+        k = len(centroids)
+        size = np.zeros(k, np.int64)
+        n = np.zeros(k, np.int64)
+        d_intra = np.full(k, np.nan)
+        for r in cluster_survivors(members):
+            cid = int(r["cluster_id"])
+            size[cid], n[cid] = int(r["size"] or 0), int(r["n"] or 0)
+            if n[cid]:
+                d_intra[cid] = float(r["dsum"]) / n[cid]
+        d_inter = inter_cluster_distance(centroids, p.inter_k)
+        complexity = d_inter * d_intra
+        probability = np.full(k, np.nan)
+        extra: dict[str, Any] = {}
+        if p.keep_fraction is not None:
+            q = dbp_quotas(n, np.nan_to_num(d_intra), d_inter, p.keep_fraction, p.temperature, p.floor_ratio)
+            quota = q["quota"]
+            probability = np.where(n > 0, q["p"], np.nan)
+            extra = {"dbp_keep_total": q["keep_total"], "dbp_nu": q["nu"]}
+        else:
+            quota = n.copy()
+        limit = np.minimum(quota, p.max_per_cluster) if p.max_per_cluster else quota
+        limits = spark.createDataFrame(
+            [(i, int(quota[i]), int(limit[i]), int(n[i])) for i in range(k)],
+            "cluster_id int, _quota long, _limit long, _n long",
+        )
+        decided = with_prune_decisions(members, limits, p.dedup_eps, p.max_per_cluster)
+        stats_table = {
+            "cluster": np.arange(k), "size": size, "d_intra": d_intra, "d_inter": d_inter, "complexity": complexity,
+            "probability": probability, "quota": quota.astype(np.float64) if p.keep_fraction is not None else np.full(k, np.nan),
+            "kept_after_dedup": n, "kept_after_dbp": quota, "kept_after_cap": limit,
+        }
+        tables = {}
+        if p.dedup_eps is not None:
+            tables["similarity"] = select_contract(members.where(F.col("_valid")), "prune_similarity")
+        result = run.commit(
+            STAGE,
+            decided,
+            fingerprint,
+            shape=lambda kept: select_contract(kept, "prune", extra=extras),
+            tables=tables,
+            files={"cluster_stats.parquet": _cluster_stats_bytes(stats_table)},
+            extra_stats={
+                "input": embed_source,
+                "clusters": cluster_source,
+                "similarity_from": sim_source,
+                "k": k,
+                "dedup_eps": p.dedup_eps,
+                "keep_fraction": p.keep_fraction,
+                "temperature": p.temperature,
+                "inter_k": p.inter_k,
+                "floor_ratio": p.floor_ratio,
+                "max_per_cluster": p.max_per_cluster,
+                "block_size": p.block_size,
+                "members": int(size.sum()),
+                "after_dedup": int(n.sum()),
+                "after_dbp": int(quota.sum()),
+                "after_cap": int(limit.sum()),
+                **({"dbp_expected_keep_total": kept_total(int(n.sum()), p.keep_fraction)} if p.keep_fraction is not None else {}),
+                **extra,
+            },
+            started=started,
+        )
+    finally:
+        run.fs.delete(tmp)
+    return result
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register `prune` on the `curate` command's subparsers."""
+    p = subparsers.add_parser("prune", help="SemDeDup, density-based pruning and a per-cluster cap over clustered embeddings")
+    p.add_argument("--input", required=True, help="a run folder (its embed output) or Parquet with uid and the embedding column")
+    p.add_argument("--clusters", help="a run folder or cluster stage folder (default: --output's)")
+    p.add_argument("--output", required=True, help="the run folder")
+    p.add_argument("--dedup-eps", type=float, help="SemDeDup: drop members with cos > 1 - eps to an earlier member")
+    p.add_argument("--similarity", metavar="RUN_OR_TABLE", help="re-threshold this earlier prune's similarity table with --dedup-eps instead of recomputing")
+    p.add_argument("--keep-fraction", type=float, help="DBP: keep this fraction of SemDeDup's survivors")
+    p.add_argument("--temperature", type=float, help="DBP: softmax temperature tau (default 0.5)")
+    p.add_argument("--inter-k", type=int, help="DBP: nearest other centroids in d_inter (default 20)")
+    p.add_argument("--floor-ratio", type=float, help="DBP: lower bound lb_j = min(floor_ratio * N'/K, n_j - 1) (default 0)")
+    p.add_argument("--max-per-cluster", type=int, help="cap: keep at most M members per cluster, the farthest")
+    p.add_argument("--block-size", type=int, help="SemDeDup block size B (B x B similarities at a time; default 4096)")
+    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
+    p.add_argument("--config", help="YAML config file (see configs/demo.yaml)")
+    p.add_argument("--master", help="Spark master (default local[*]; ignored under spark-submit)")
+    p.add_argument("--seed", type=int, help="recorded in run.json (pruning draws no random numbers)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_prune)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pipeline.cli import _stage
+
+    overrides = {
+        "prune.dedup_eps": args.dedup_eps,
+        "prune.similarity": args.similarity,
+        "prune.keep_fraction": args.keep_fraction,
+        "prune.temperature": args.temperature,
+        "prune.inter_k": args.inter_k,
+        "prune.floor_ratio": args.floor_ratio,
+        "prune.max_per_cluster": args.max_per_cluster,
+        "prune.block_size": args.block_size,
+    }
+    return _stage(args, overrides, run_prune, args.input, args.clusters)
