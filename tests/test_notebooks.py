@@ -20,7 +20,11 @@ def small_run(spark, tmp_path_factory):
     texts = [f"a {words[i % 5]} and a {words[(i * 7) % 5]}" for i in range(300)] + ["", "nothing at all"]
     columns = {"url": [f"http://a/{i}" for i in range(len(texts))], "text": texts}
     concepts = {"pet": ["dog", "cat"], "plant": ["tree"], "none": ["zebra"]}
-    return build_text_run(spark, tmp, columns, words + ["zebra"], concepts, t=60)
+    run = build_text_run(spark, tmp, columns, words + ["zebra"], concepts, t=60)
+    from pipeline.report import run_report
+
+    run_report(spark, run, concepts_file=str(tmp / "c.json"))
+    return run
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -38,6 +42,6 @@ def test_notebook_executes(small_run, path, monkeypatch):
     assert "302 uids entered" in text
 
 
-def test_there_is_a_notebook():
-    assert NOTEBOOKS, "notebooks/ holds the analyst notebooks"
-    assert os.path.basename(str(NOTEBOOKS[0])).endswith(".ipynb")
+def test_the_analyst_notebooks_are_there():
+    names = {os.path.basename(str(p)) for p in NOTEBOOKS}
+    assert {"long_tail_analysis.ipynb", "explore_subset.ipynb", "run_overview.ipynb"} <= names
