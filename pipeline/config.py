@@ -46,6 +46,9 @@ class IngestConfig:
     max_text_chars: int = 65536
     # Output files: Spark partitions of the written Parquet (0 = keep the input's).
     output_partitions: int = 0
+    # With a uid column, rows under different uids can still be the same (url, text) pair:
+    # keep the one with the smallest uid, drop the rest as duplicate_url_text.
+    drop_duplicate_url_text: bool = True
 
     def validate(self, where: str) -> None:
         if self.format not in INGEST_FORMATS:
@@ -100,37 +103,110 @@ class BalanceConfig:
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    # Owned by the download stage (pipeline/download.py); see configs/demo.yaml.
+    # Owned by the download stage (pipeline/download.py); img2dataset does the fetching.
     image_size: int = 256
+    # img2dataset's resize modes: no, keep_ratio, keep_ratio_largest, center_crop, border.
     resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = False
+    # webdataset (tars + per-shard Parquet metadata) or parquet (image bytes in the rows).
     output_format: str = "webdataset"
+    encode_format: str = "jpg"
+    encode_quality: int = 95
     processes: int = 2
     threads: int = 16
+    samples_per_shard: int = 10000
+    # Seconds per socket operation (connect, each read); a slow server past it is a failure.
     timeout: float = 10.0
     retries: int = 0
-    # The URL guard: refuse non-http(s) schemes and hosts resolving to private, loopback,
-    # link-local, multicast or metadata addresses. Off only when set explicitly.
+    # auto: img2dataset's pyspark distributor when Spark's master is not local, else multiprocessing.
+    distributor: str = "auto"
+    # Images whose header claims more pixels than this are refused before decoding
+    # (decompression bombs); Pillow's own warning threshold by default.
+    max_image_pixels: int = 89_478_485
+    user_agent_token: str | None = "img2dataset"
+    # The URL guard: refuse non-http(s) schemes, credentials in URLs, and hosts resolving to
+    # private, loopback, link-local, multicast, reserved or cloud-metadata addresses.
+    # allow_hosts lifts it for listed hosts, addresses or networks ("127.0.0.1", "10.0.0.0/8",
+    # "images.internal"); allow_private_hosts switches the address checks off (not the scheme check).
+    allow_hosts: tuple[str, ...] = ()
     allow_private_hosts: bool = False
+
+    RESIZE_MODES: typing.ClassVar[tuple[str, ...]] = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
+    OUTPUT_FORMATS: typing.ClassVar[tuple[str, ...]] = ("webdataset", "parquet")
+    ENCODE_FORMATS: typing.ClassVar[tuple[str, ...]] = ("jpg", "png", "webp")
+    DISTRIBUTORS: typing.ClassVar[tuple[str, ...]] = ("auto", "multiprocessing", "pyspark")
 
     def validate(self, where: str) -> None:
         if self.image_size < 8:
             raise ConfigError(f"{where}.image_size: must be >= 8, got {self.image_size}")
+        for name, allowed in (
+            ("resize_mode", self.RESIZE_MODES), ("output_format", self.OUTPUT_FORMATS),
+            ("distributor", self.DISTRIBUTORS), ("encode_format", self.ENCODE_FORMATS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{where}.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("processes", "threads", "samples_per_shard", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.timeout <= 0:
+            raise ConfigError(f"{where}.timeout: must be > 0, got {self.timeout}")
+        if self.retries < 0:
+            raise ConfigError(f"{where}.retries: must be >= 0, got {self.retries}")
+        from pipeline.urlguard import parse_allow_list
+
+        try:
+            parse_allow_list(self.allow_hosts)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.allow_hosts: {exc}") from None
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    # Owned by the embed stage (pipeline/embed.py).
+    # Owned by the embed stage (pipeline/embed.py). An open_clip model name (tiny-clip ships
+    # with the project for tests and the demo) with a pretrained tag, a local checkpoint, or
+    # neither (random weights, with a warning).
     model: str = "ViT-B-32"
     pretrained: str | None = None
     checkpoint: str | None = None
     batch_size: int = 256
+    # Image decode/resize processes beside the model (0 = decode in the main process).
     workers: int = 2
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16 (autocast)
+    # Where shards are embedded: "driver" (this process, one device) or "spark" (one task per
+    # shard on the executors, the GPU from the task's resources on a GPU-scheduled cluster).
+    executor: str = "driver"
+    # Images with more pixels are refused before decoding (Pillow's own bomb limit by default).
+    max_image_pixels: int = 89_478_485
+    # Decode JPEGs at reduced size (Pillow draft) when the result still covers the model input.
+    draft: bool = True
+    # Also embed captions (text_embedding; null when a sample has none).
+    text: bool = True
+    # Folders of image files are cut into pseudo-shards of this many files (the unit of resume).
+    images_per_shard: int = 10000
+    # Precomputed embeddings (--npz/--npy): the uid Parquet, row-aligned, and the .npz key.
+    uids: str | None = None
+    npz_key: str = "l14_img"
 
     def validate(self, where: str) -> None:
+        import re
+
         if self.batch_size < 1:
             raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"{where}.workers: must be >= 0, got {self.workers}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ConfigError(f"{where}.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ConfigError(f"{where}.precision: {self.precision!r} is not one of auto, fp32, fp16, bf16")
+        if self.executor not in ("driver", "spark"):
+            raise ConfigError(f"{where}.executor: {self.executor!r} is not one of driver, spark")
+        if self.pretrained is not None and self.checkpoint is not None:
+            raise ConfigError(f"{where}: give either pretrained (an open_clip tag) or checkpoint (a file), not both")
+        if self.max_image_pixels < 1:
+            raise ConfigError(f"{where}.max_image_pixels: must be >= 1, got {self.max_image_pixels}")
+        if self.images_per_shard < 1:
+            raise ConfigError(f"{where}.images_per_shard: must be >= 1, got {self.images_per_shard}")
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,21 @@ def with_ingest_decisions(raw: DataFrame, cfg: IngestConfig, uid_column: str | N
     dup_reason = R.DUPLICATE_UID if uid_column is not None else R.DUPLICATE_URL_TEXT
     df = df.withColumn("_rank", rank)
     is_dup = F.col("_rank") > 1
-    return (
+    df = (
         df.withColumn("uid", F.when(is_dup, F.concat("_base_uid", F.lit("#dup"), F.col("_rank").cast("string"))).otherwise(F.col("_base_uid")))
         .withColumn("_detail", F.when(is_dup & F.col("_reason").isNull(), F.concat(F.lit("duplicate of uid "), F.col("_base_uid"))).otherwise(F.col("_detail")))
         .withColumn("_reason", F.when(is_dup & F.col("_reason").isNull(), F.lit(dup_reason)).otherwise(F.col("_reason")))
         .drop("_base_uid", "_rank")
+    )
+    if uid_column is None or not cfg.drop_duplicate_url_text:
+        return df  # without a uid column, equal (url, text) means equal uid: handled above
+    # Surviving rows that share (url or image, text) under different uids: the smallest uid stays.
+    same = Window.partitionBy(F.when(F.col("_reason").isNull(), hashed)).orderBy("uid")
+    first = F.first("uid").over(same)
+    dup = F.col("_reason").isNull() & (first != F.col("uid"))
+    return (
+        df.withColumn("_first", first)
+        .withColumn("_detail", F.when(dup, F.concat(F.lit("same url and text as uid "), F.col("_first"))).otherwise(F.col("_detail")))
+        .withColumn("_reason", F.when(dup, F.lit(R.DUPLICATE_URL_TEXT)).otherwise(F.col("_reason")))
+        .drop("_first")
     )

@@ -377,14 +377,7 @@ def read_pool(spark: SparkSession, path: str, cfg: IngestConfig) -> RawPool:
     if fmt == "csv":
         return _read_delimited(spark, path, cfg, ",", fmt)
     if fmt == "jsonl":
-        df = (
-            spark.read.option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", CORRUPT)
-            .json(path)
-        )
-        if not [c for c in df.columns if c != CORRUPT]:
-            raise InputError(f"{path}: no JSON object lines found")
-        return _normalise(df, cfg, fmt)
+        return _normalise(_read_json_lines(spark, path), cfg, fmt)
     if fmt == "coco":
         return _read_coco(spark, path, cfg)
     if fmt == "flickr":
@@ -394,3 +387,32 @@ def read_pool(spark: SparkSession, path: str, cfg: IngestConfig) -> RawPool:
     if fmt == "mmc4":
         return _read_mmc4(spark, path, cfg)
     raise InputError(f"unknown format {fmt!r}")
+
+
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or a low one without a high one
+# before it. JSON allows the escape, but the string is not Unicode: Java's parser would
+# silently turn it into "?", so such lines are told apart from the raw text first.
+LONE_SURROGATE = (
+    r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)(?:\\\\)*\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _read_json_lines(spark, path: str) -> DataFrame:
+    """One JSON object per line; unparsable lines and lines with lone surrogate escapes are malformed."""
+    inferred = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT).json(path)
+    fields = [f for f in inferred.schema.fields if f.name != CORRUPT]
+    if not fields:
+        raise InputError(f"{path}: no JSON object lines found")
+    schema = T.StructType([*fields, T.StructField(CORRUPT, T.StringType())])
+    lines = spark.read.text(path).where(F.trim("value") != "")
+    parsed = lines.select(
+        "value",
+        F.from_json("value", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("j"),
+    )
+    lone = F.col("value").rlike(LONE_SURROGATE)
+    corrupt = (
+        F.when(lone, F.concat(F.lit("lone UTF-16 surrogate escape in: "), F.col("value")))
+        .when(F.col(f"j.{CORRUPT}").isNotNull() | F.col("j").isNull(), F.col("value"))
+    )
+    return parsed.select(*[F.col(f"j.{f.name}").alias(f.name) for f in fields], corrupt.alias(CORRUPT))

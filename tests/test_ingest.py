@@ -204,6 +204,37 @@ def test_webdataset_tars(spark, tmp_path):
     assert "unreadable tar" in ledger[ledger.reason == R.MALFORMED_ROW].detail.iloc[0]
 
 
+def test_jsonl_lone_surrogates_and_invalid_bytes_are_caught(spark, tmp_path):
+    """Java's JSON parser would turn a lone surrogate escape into '?': such lines are malformed."""
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(
+        b'{"url": "http://a/1.jpg", "text": "a \\ud800 dog"}\n'  # lone high surrogate
+        b'{"url": "http://a/2.jpg", "text": "a \\udc00 dog"}\n'  # lone low surrogate
+        b'{"url": "http://a/3.jpg", "text": "an emoji \\ud83d\\ude00 dog"}\n'  # a valid pair
+        b'{"url": "http://a/4.jpg", "text": "an escaped \\\\ud800 backslash"}\n'  # not an escape
+        b'{"url": "http://a/5.jpg", "text": "bad \xff\xfe bytes"}\n'
+        b"\n"
+    )
+    _, kept, ledger = decide(spark, path)
+    assert sorted(kept.text) == ["an emoji \U0001F600 dog", "an escaped \\ud800 backslash"]
+    assert reasons_of(ledger) == {R.MALFORMED_ROW: 2, R.UNDECODABLE_TEXT: 1}
+    assert ledger[ledger.reason == R.MALFORMED_ROW].detail.str.startswith("lone UTF-16 surrogate").all()
+    assert_accounted(ledger, 5)
+
+
+def test_same_url_and_text_under_different_uids(spark, tmp_path):
+    path = tmp_path / "pool.parquet"
+    pq.write_table(
+        pa.table({"uid": ["b", "a", "c"], "url": ["http://x/1"] * 3, "text": ["dog", "dog", "cat"]}), path
+    )
+    _, kept, ledger = decide(spark, path)
+    assert sorted(kept.uid) == ["a", "c"]
+    dup = ledger[ledger.reason == R.DUPLICATE_URL_TEXT]
+    assert dup.uid.tolist() == ["b"] and dup.detail.tolist() == ["same url and text as uid a"]
+    _, kept, _ = decide(spark, path, drop_duplicate_url_text=False)
+    assert sorted(kept.uid) == ["a", "b", "c"]
+
+
 def test_datacomp_metadata_parquet(spark, tmp_path):
     path = tmp_path / "metadata.parquet"
     pq.write_table(
