@@ -16,7 +16,7 @@ import math
 import os
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ def load_encoder(cfg: EmbedConfig, device: str, seed: int = 0) -> Encoder:
             "its embeddings carry no meaning (fine for tests and the demo, not for curation)", name, seed,
         )
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
             torch.manual_seed(seed)
             model, _, _ = open_clip.create_model_and_transforms(name, pretrained=weights, device=device, weights_only=True)
     except EmbedError:
@@ -164,7 +164,21 @@ def load_encoder(cfg: EmbedConfig, device: str, seed: int = 0) -> Encoder:
     precision = resolve_precision(cfg.precision, device)
     dim = int(getattr(model, "embed_dim", 0) or model.text_projection.shape[1])
     label = f"checkpoint:{cfg.checkpoint}" if cfg.checkpoint else (f"pretrained:{cfg.pretrained}" if cfg.pretrained else "random")
-    return Encoder(model, open_clip.get_tokenizer(name), spec, device, precision, dim, label)
+    with _quiet_root_logger():
+        tokenizer = open_clip.get_tokenizer(name)
+    return Encoder(model, tokenizer, spec, device, precision, dim, label)
+
+
+@contextmanager
+def _quiet_root_logger():
+    """open_clip logs each build step at INFO on the root logger; keep its warnings only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -314,6 +328,9 @@ def embed_shards(
         num_workers=cfg.workers,
         pin_memory=encoder.device.startswith("cuda"),
         prefetch_factor=4 if cfg.workers else None,
+        # Fresh interpreters, not forks: a forked child inherits the driver's py4j socket to
+        # the JVM, and anything it sends there corrupts the session.
+        multiprocessing_context="spawn" if cfg.workers else None,
     )
     pending: dict[int, _Pending] = {}
     images = failed = written = 0
