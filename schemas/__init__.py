@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
+from importlib import resources
 
-_HERE = Path(__file__).resolve().parent
+# importlib.resources, not __file__: the package also runs from a zip (spark-submit --py-files).
+_HERE = resources.files(__name__)
 
 
 @cache
@@ -14,10 +15,9 @@ def load(name: str) -> dict:
     """The contract named `name` (the JSON file's stem)."""
     path = _HERE / f"{name}.json"
     if not path.is_file():
-        known = sorted(p.stem for p in _HERE.glob("*.json"))
-        raise KeyError(f"no schema named {name!r}; known: {', '.join(known)}")
+        raise KeyError(f"no schema named {name!r}; known: {', '.join(names())}")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def names() -> list[str]:
-    return sorted(p.stem for p in _HERE.glob("*.json"))
+    return sorted(p.name.removesuffix(".json") for p in _HERE.iterdir() if p.name.endswith(".json"))

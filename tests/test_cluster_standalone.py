@@ -1,0 +1,152 @@
+"""A real multi-process Spark cluster: a standalone master and a worker on 127.0.0.1, the text path
+spark-submitted to it (`jobs/run.py`, the package shipped with --py-files), equal to a local-mode run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline_runs import ROOT, child_env, complete_stages, snapshot, write_text_setup
+
+pytestmark = pytest.mark.slow
+
+
+def spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def master_state(webui: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{webui}/json/", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wait_for(what: str, check, procs: list[subprocess.Popen], logs: list[Path], timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args[:3]} exited with {p.returncode} while waiting for {what}:\n" + "\n".join(
+                    log.read_text()[-3000:] for log in logs))
+        try:
+            value = check()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Stop each daemon's process group (the worker's executors are in the worker's)."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+        try:  # anything left in the group (an executor that outlived its worker)
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    """A standalone master and one worker (2 cores, 1 GiB), started from pyspark's own classes."""
+    tmp = tmp_path_factory.mktemp("standalone")
+    spark_class = str(spark_home() / "bin" / "spark-class")
+    port, webui, worker_ui = free_port(), free_port(), free_port()
+    env = child_env(SPARK_HOME=str(spark_home()), SPARK_WORKER_DIR=str(tmp / "work"))
+    procs: list[subprocess.Popen] = []
+    logs = [tmp / "master.log", tmp / "worker.log"]
+    try:
+        procs.append(subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(webui)],
+            env=env, stdout=logs[0].open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+        wait_for("the master", lambda: master_state(webui).get("status") == "ALIVE", procs, logs)
+        procs.append(subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
+             "--cores", "2", "--memory", "1g", "--webui-port", str(worker_ui), "--work-dir", str(tmp / "work")],
+            env=env, stdout=logs[1].open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+        wait_for("the worker", lambda: master_state(webui).get("aliveworkers") == 1, procs, logs)
+        yield {"master": f"spark://127.0.0.1:{port}", "webui": webui, "env": env, "work": tmp / "work"}
+    finally:
+        stop(procs)
+
+
+def package_zip(path: Path) -> Path:
+    """The project's code as spark-submit --py-files takes it: `pipeline` and `schemas` in one zip."""
+    with zipfile.ZipFile(path, "w") as z:
+        for package in ("pipeline", "schemas"):
+            for f in sorted((ROOT / package).rglob("*")):
+                if f.is_file() and "__pycache__" not in f.parts:
+                    z.write(f, f.relative_to(ROOT))
+    return path
+
+
+def test_text_path_on_a_standalone_cluster_equals_local_mode(standalone, spark, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    config, _ = write_text_setup(tmp_path, rows=200)
+    cluster_run = tmp_path / "cluster-run"
+    zipped = package_zip(tmp_path / "curate.zip")
+    cmd = [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--master", standalone["master"],
+        "--conf", "spark.executor.memory=512m",
+        "--conf", "spark.driver.host=127.0.0.1",
+        "--conf", "spark.ui.enabled=false",
+        "--conf", "spark.sql.shuffle.partitions=4",
+        "--conf", "spark.log.level=WARN",
+        "--conf", f"spark.pyspark.python={sys.executable}",
+        "--py-files", str(zipped),
+        str(ROOT / "jobs" / "run.py"), "--config", str(config), "--output", str(cluster_run),
+    ]
+    # Run from the zip's folder, not the checkout, so the driver imports `pipeline` from the zip too.
+    proc = subprocess.run(cmd, env=standalone["env"], cwd=tmp_path, capture_output=True, text=True, timeout=480)
+    assert proc.returncode == 0, [line for line in proc.stderr.splitlines() if "error" in line.lower()] or proc.stderr[-3000:]
+    assert "accounting:" in proc.stdout, proc.stdout
+
+    # It ran as an application of this master, with executors on the worker.
+    record = json.loads((cluster_run / "run.json").read_text())
+    assert record["spark_master"] == standalone["master"]
+    apps = master_state(standalone["webui"])["completedapps"]
+    assert len(apps) == 1 and apps[0]["name"] == "curate", apps
+    assert list((standalone["work"]).glob("app-*/*/stderr")), "no executor ran on the worker"
+
+    # The same config in local mode (this process's session).
+    local_run = tmp_path / "local-run"
+    cfg = load_config(config, {"run.output": str(local_run)})
+    run_pipeline(spark, cfg)
+
+    assert complete_stages(cluster_run) == complete_stages(local_run) == ["balance", "count", "ingest", "match"]
+    got, want = snapshot(cluster_run), snapshot(local_run)
+    assert got["kept"] and got["ledger"]
+    for key in want:
+        assert got[key] == want[key], key
+    assert (cluster_run / "reports" / "report.html").is_file()
