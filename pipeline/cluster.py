@@ -105,7 +105,7 @@ def assign(x: np.ndarray, centroids: np.ndarray, top_m: int, spherical: bool) ->
     Rows go in chunks so the n x k score matrix stays around 64 MB whatever k is.
     """
     x = prepare(x, spherical)
-    c = np.asarray(centroids, np.float32)
+    c = prepare(centroids, spherical)
     k = len(c)
     m = min(top_m, k)
     cand = min(k, m + 2)
