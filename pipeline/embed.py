@@ -282,6 +282,10 @@ def run_embed(spark, input_path: str, run_root: str, cfg: PipelineConfig, force:
     from pipeline.contracts import select_contract
 
     e = cfg.embed
+    if e.checkpoint is not None and not os.path.isfile(e.checkpoint):
+        from pipeline.embed_kernel import EmbedError
+
+        raise EmbedError(f"embed: checkpoint not found: {e.checkpoint}")
     run = Run(spark, run_root)
     out_dir = f"{run.stage_dir(STAGE)}/shards"
     precomputed = input_path.endswith((".npz", ".npy"))

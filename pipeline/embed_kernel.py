@@ -109,19 +109,21 @@ class Encoder:
             return torch.autocast(device_type=torch.device(self.device).type, dtype=_DTYPES[self.precision])
         return nullcontext()
 
+    # Both return float32 unit vectors left on the device: on a GPU the call returns at once and
+    # the loop fetches the next batch while the model runs; results are copied back per shard.
     @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) pixels from the loader -> (B, dim) unit vectors."""
         x = normalize(pixels, self.spec, self.device)
         with self._autocast():
             features = self.model.encode_image(x)
-        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+        return torch.nn.functional.normalize(features.float(), dim=-1)
 
     @torch.inference_mode()
-    def encode_texts(self, tokens: torch.Tensor) -> np.ndarray:
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
-        return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+        return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
 def load_encoder(cfg: EmbedConfig, device: str, seed: int = 0) -> Encoder:
@@ -318,8 +320,6 @@ def embed_shards(
     Shard rows: uid, key, text, image_embedding, text_embedding (null when there is no caption),
     reason/detail (null for embedded samples; image_decode_failed or no_image otherwise).
     """
-    from tqdm import tqdm
-
     meta = {"fingerprint": fingerprint, "dim": encoder.dim, "dtype": "float32", "weights": encoder.weights}
     dataset = ShardChunks(shards, cfg.batch_size, encoder.spec, encoder.tokenizer, cfg)
     loader = DataLoader(
@@ -332,12 +332,29 @@ def embed_shards(
         # the JVM, and anything it sends there corrupts the session.
         multiprocessing_context="spawn" if cfg.workers else None,
     )
+    threads = torch.get_num_threads()
+    if encoder.device == "cpu" and cfg.workers:
+        # The decode workers need their cores; more model threads than cores left only thrash.
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - cfg.workers)))
+    try:
+        return _embed_loop(shards, out_dir, encoder, loader, meta, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _embed_loop(shards: list[Shard], out_dir: str, encoder: Encoder, loader, meta: dict, progress: bool) -> dict[str, Any]:
+    from tqdm import tqdm
+
     pending: dict[int, _Pending] = {}
     images = failed = written = 0
     errors: dict[str, str] = {}
     started = time.time()
     bar = tqdm(unit="img", desc="embed", disable=None if progress else True, smoothing=0.1)
+    first_at, first_images = None, 0
     for item in loader:
+        if first_at is None:
+            # Worker start-up (fresh interpreters importing torch) ends here; rates after it are steady-state.
+            first_at, first_images = time.time(), len(item["ok"])
         s = item["shard"]
         p = pending.setdefault(s, _Pending(shards[s].name, item["n_chunks"], {}))
         item["image"] = encoder.encode_images(item["pixels"]) if item["ok"] else None
@@ -362,12 +379,15 @@ def embed_shards(
             written += 1
     bar.close()
     seconds = time.time() - started
+    steady = time.time() - first_at if first_at else 0.0
     return {
         "shards_written": written,
         "images_embedded": images,
         "samples_not_embedded": failed,
         "seconds": round(seconds, 3),
         "images_per_s": round(images / seconds, 2) if images and seconds > 0 else None,
+        "startup_seconds": round(first_at - started, 3) if first_at else None,
+        "images_per_s_after_startup": round((images - first_images) / steady, 2) if steady > 0 and images > first_images else None,
         "shard_errors": errors,
     }
 
@@ -385,10 +405,10 @@ def _assemble(p: _Pending, dim: int) -> dict[str, Any]:
         cols["detail"] += c["details"]
         img, ok = np.zeros((n, dim), np.float32), np.zeros(n, bool)
         if c["image"] is not None:
-            img[c["ok"]], ok[c["ok"]] = c["image"], True
+            img[c["ok"]], ok[c["ok"]] = c["image"].cpu().numpy(), True
         txt, tok = np.zeros((n, dim), np.float32), np.zeros(n, bool)
         if c["txt"] is not None:
-            txt[c["token_rows"]], tok[c["token_rows"]] = c["txt"], True
+            txt[c["token_rows"]], tok[c["token_rows"]] = c["txt"].cpu().numpy(), True
         image_parts.append(img)
         image_ok.append(ok)
         txt_parts.append(txt)
