@@ -1,0 +1,74 @@
+"""The worker side of the download stage: img2dataset's downloader and resizer, guarded.
+
+These classes are pickled to img2dataset's worker processes (multiprocessing) or Spark executors
+(pyspark distributor), so they live in a module of their own that imports img2dataset at the top;
+the driver imports it only when a download runs.
+"""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+import warnings
+
+from img2dataset.downloader import Downloader
+from img2dataset.resizer import Resizer
+from PIL import Image
+
+from pipeline.urlguard import GuardPolicy, build_opener
+
+
+class GuardedDownloader(Downloader):
+    """img2dataset's Downloader with the URL guard installed as urllib's opener in the worker.
+
+    img2dataset fetches with `urllib.request.urlopen`, which uses the installed opener: ours
+    checks every connection (redirect targets included) before a packet is sent, and opens
+    http(s) only. Installed on every shard, because Spark reuses Python workers across tasks.
+    """
+
+    def __init__(self, *args, guard: GuardPolicy, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def __call__(self, row):
+        urllib.request.install_opener(build_opener(self.guard))
+        return super().__call__(row)
+
+
+def header_size(data: io.BytesIO) -> tuple[int, int] | str | None:
+    """(width, height) from the image header without decoding pixels; a message for a bomb; None if unknown."""
+    data.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(data) as im:
+                return im.size
+    except Image.DecompressionBombError as exc:
+        return f"image refused before decoding: {exc}"
+    except Exception:  # noqa: BLE001 - Pillow cannot read the header: let img2dataset's decoder judge
+        return None
+    finally:
+        data.seek(0)
+
+
+class BoundedResizer(Resizer):
+    """img2dataset's Resizer that refuses images whose header claims more than max_image_pixels.
+
+    OpenCV (img2dataset's decoder) would allocate width x height x channels bytes before
+    finding out the data is short: a 30000 x 30000 PNG of a few kilobytes asks for 2.7 GB.
+    """
+
+    def __init__(self, *args, max_image_pixels: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_image_pixels = max_image_pixels
+
+    def __call__(self, img_stream, blurring_bbox_list=None):
+        size = header_size(img_stream)
+        if isinstance(size, str):
+            return None, None, None, None, None, size
+        if size is not None and size[0] * size[1] > self.max_image_pixels:
+            w, h = size
+            return None, None, None, None, None, (
+                f"image of {w}x{h} pixels exceeds max_image_pixels={self.max_image_pixels}; refused before decoding"
+            )
+        return super().__call__(img_stream, blurring_bbox_list)
