@@ -66,5 +66,21 @@ log "installing the project with its dev extras"
 PIP_FIND_LINKS= "$VENV/bin/pip" install -q -e "$ROOT[dev]" $TORCH_PAIR
 "$VENV/bin/python" -c "import torch, torchvision, open_clip, pyspark, faiss" \
   || { log "the environment does not import; see the errors above"; exit 1; }
+
+# Airflow (the [airflow] extra) in its own environment: its Spark provider requires
+# pyspark-client, which would overwrite the modules of the pyspark in .venv. The DAG needs
+# only Airflow; the Spark jobs it submits run in .venv's Python (PYSPARK_PYTHON).
+AIRFLOW_VENV="${AIRFLOW_VENV:-$ROOT/.venv-airflow}"
+if [ ! -x "$AIRFLOW_VENV/bin/python" ]; then
+  log "creating the Airflow environment in $AIRFLOW_VENV"
+  "$PYTHON" -m venv "$AIRFLOW_VENV"
+fi
+AIRFLOW_REQS="$("$VENV/bin/python" -c 'import tomllib, sys; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["airflow"]))' "$ROOT/pyproject.toml")"
+log "installing the [airflow] extra into $AIRFLOW_VENV"
+mapfile -t AIRFLOW_REQ_LIST <<< "$AIRFLOW_REQS"
+PIP_FIND_LINKS= "$AIRFLOW_VENV/bin/pip" install -q "${AIRFLOW_REQ_LIST[@]}"
+"$AIRFLOW_VENV/bin/python" -c "import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit" \
+  || { log "the Airflow environment does not import; see the errors above"; exit 1; }
+
 touch "$STAMP"
-log "ready: $VENV"
+log "ready: $VENV (and $AIRFLOW_VENV)"
