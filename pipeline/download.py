@@ -192,9 +192,12 @@ def _complete_shards(run, shards_dir: str) -> tuple[dict[int, list[str]], dict[s
 
     Returns the complete shards' files and img2dataset's summed statistics.
     """
+    from collections import Counter
+
     import fsspec
 
     totals: dict[str, Any] = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0}
+    errors: Counter = Counter()
     complete: dict[int, list[str]] = {}
     for shard, names in sorted(_shard_files(run, shards_dir).items()):
         stats_name = f"{shard:0{OOM_SHARD_COUNT}d}_stats.json"
@@ -207,10 +210,11 @@ def _complete_shards(run, shards_dir: str) -> tuple[dict[int, list[str]], dict[s
         stats = run.fs.read_json(f"{shards_dir}/{stats_name}")
         for k in ("count", "successes", "failed_to_download", "failed_to_resize"):
             totals[k] += int(stats.get(k, 0))
+        errors.update({k: int(v) for k, v in stats.get("status_dict", {}).items() if k != "success"})
     totals["shards"] = len(complete)
     fs, base = fsspec.core.url_to_fs(shards_dir)
     totals["bytes_written"] = sum(int(fs.size(f"{base}/{n}")) for names in complete.values() for n in names)
-    return complete, totals
+    return complete, {**totals, "top_errors": dict(errors.most_common(20))}
 
 
 def read_results(spark, shards_dir: str, shards: dict[int, list[str]], output_format: str):
@@ -308,7 +312,10 @@ def run_download(
     with_text = "text" in df.columns
     if not with_text:
         df = df.withColumn("text", F.lit(None).cast("string"))
-    extras = [c for c in df.columns if c not in ("uid", "url", "text") and c not in IMG2DATASET_COLUMNS]
+    # The input's other columns pass through, except names this stage writes itself.
+    own = {"uid", "url", "text", "shard", *IMG2DATASET_COLUMNS}
+    extras = [c for c in df.columns if c not in own and not c.startswith("_")]
+    df = df.select("uid", "url", "text", *extras)
 
     old_stats: dict[str, Any] = {}
     if retry_failed:
@@ -393,7 +400,7 @@ def run_download(
         "distributor": distributor, "fetch_seconds": round(fetch_seconds, 3), "img2dataset": totals,
     }
     attempts = [*old_stats.get("attempts", []), attempt]
-    summed = {k: sum(a["img2dataset"].get(k, 0) for a in attempts) for k in totals}
+    summed = {k: sum(a["img2dataset"].get(k, 0) for a in attempts) for k in totals if k != "top_errors"}
     stats = {
         "stage": STAGE, "rows_in": n_rows, "kept": kept_n, "dropped": dropped, "dropped_total": sum(dropped.values()),
         "input": source, "output_format": d.output_format, "image_size": d.image_size, "resize_mode": d.resize_mode,

@@ -63,6 +63,8 @@ class BoundedResizer(Resizer):
         self.max_image_pixels = max_image_pixels
 
     def __call__(self, img_stream, blurring_bbox_list=None):
+        if img_stream.getbuffer().nbytes == 0:
+            return None, None, None, None, None, "empty response (0 bytes)"
         size = header_size(img_stream)
         if isinstance(size, str):
             return None, None, None, None, None, size

@@ -33,6 +33,7 @@ CHECKED_ELSEWHERE = {
     "prune": "tests/test_prune.py",
     "prune_similarity": "tests/test_prune.py",
     "cluster_stats": "tests/test_prune.py",
+    "download": "tests/test_download.py",
 }
 
 
