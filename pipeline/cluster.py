@@ -142,20 +142,26 @@ def load_centroids(fs, path: str) -> np.ndarray:
 # --- Spark adapter ----------------------------------------------------------------------------
 
 
-def invalid_embedding_detail(col: str, dim: int):
-    """A Column: why the embedding in `col` cannot be used (null when it can)."""
+def with_embedding_check(df, col: str, dim: int):
+    """Adds `_emb` (the column as array<float>) and `_detail`: why it cannot be used, null when it can.
+
+    One pass over the values: their sum of squares in double is null for a null value, NaN or
+    inf for a NaN or infinite one (float32 squares cannot overflow a double), 0 for a zero vector.
+    """
     from pyspark.sql import functions as F
 
-    e = F.col(col)
-    inf = F.lit(float("inf"))
-    bad_value = F.exists(e, lambda v: v.isNull() | F.isnan(v) | (F.abs(v) == inf))
+    e = F.col("_emb")
     square_norm = F.aggregate(e, F.lit(0.0).cast("double"), lambda acc, v: acc + v.cast("double") * v.cast("double"))
-    return (
+    checked = df.withColumn("_emb", F.col(col).cast("array<float>")).withColumn("_sq", square_norm)
+    sq = F.col("_sq")
+    detail = (
         F.when(e.isNull(), F.lit("no embedding"))
         .when(F.size(e) != dim, F.format_string(f"dimension %d, expected {dim}", F.size(e)))
-        .when(bad_value, F.lit("NaN, infinite or null value"))
-        .when(square_norm == 0, F.lit("zero vector"))
+        .when(sq.isNull(), F.lit("null value"))
+        .when(F.isnan(sq) | (sq == F.lit(float("inf"))), F.lit("NaN or infinite value"))
+        .when(sq == 0, F.lit("zero vector"))
     )
+    return checked.withColumn("_detail", detail).drop("_sq")
 
 
 def embedding_dimension(df, col: str) -> int:
@@ -273,11 +279,7 @@ def run_cluster(spark, input_path: str, run_root: str, cfg, force: bool = False)
     df = spark.read.parquet(source)
     require_columns(df, ("uid", c.embedding_col), STAGE)
     dim = c.dim or embedding_dimension(df, c.embedding_col)
-    checked = df.select(
-        "uid",
-        F.col(c.embedding_col).cast("array<float>").alias("_emb"),
-        invalid_embedding_detail(c.embedding_col, dim).alias("_detail"),
-    )
+    checked = with_embedding_check(df.select("uid", c.embedding_col), c.embedding_col, dim).select("uid", "_emb", "_detail")
     valid = checked.where(F.col("_detail").isNull())
     sample_n = c.k * c.sample_per_centroid
     t0 = time.time()
@@ -321,6 +323,8 @@ def run_cluster(spark, input_path: str, run_root: str, cfg, force: bool = False)
 
 def add_cli(subparsers: Any) -> None:
     """Register `cluster` on the `curate` command's subparsers."""
+    from pipeline.cli import _common
+
     p = subparsers.add_parser("cluster", help="FAISS k-means on a sample, then every embedding assigned to its nearest centroids")
     p.add_argument("--input", required=True, help="a run folder (its embed output) or Parquet with uid and an embedding column")
     p.add_argument("--output", required=True, help="the run folder")
@@ -331,10 +335,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--top-m", type=int, help="nearest clusters kept per row in top_clusters (default 3)")
     p.add_argument("--embedding-col", help="embedding column (default image_embedding)")
     p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    p.add_argument("--config", help="YAML config file (see configs/demo.yaml)")
-    p.add_argument("--master", help="Spark master (default local[*]; ignored under spark-submit)")
-    p.add_argument("--seed", type=int, help="random seed: sample and FAISS initialisation (default 0)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _common(p)  # --config, --master, --seed, -v
     p.set_defaults(func=cmd_cluster)
 
 

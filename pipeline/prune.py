@@ -210,7 +210,7 @@ def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, 
     """
     from pyspark.sql import functions as F
 
-    from pipeline.cluster import invalid_embedding_detail, load_centroids
+    from pipeline.cluster import load_centroids, with_embedding_check
     from pipeline.contracts import require_columns, select_contract
     from pipeline.dbp import dbp_quotas, inter_cluster_distance, kept_total
     from pipeline.runs import MARKER, Run, StageResult, config_hash
@@ -254,11 +254,11 @@ def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, 
         and not (isinstance(f.dataType, T.ArrayType) and isinstance(f.dataType.elementType, (T.FloatType, T.DoubleType)))
     ]
     members = clusters.select("uid", "cluster_id", "distance").join(
-        embed.select("uid", *extras, *([F.col(emb_col).cast("array<float>").alias("_emb")] if compute_sim else [])),
+        embed.select("uid", *extras, *([emb_col] if compute_sim else [])),
         on="uid", how="left",
     )
     if compute_sim:
-        members = members.withColumn("_detail", invalid_embedding_detail("_emb", centroids.shape[1]))
+        members = with_embedding_check(members, emb_col, centroids.shape[1]).drop(emb_col)
         valid = with_similarity(members.where(F.col("_detail").isNull()).drop("_detail"), p.block_size)
         invalid = (
             members.where(F.col("_detail").isNotNull()).drop("_emb")
@@ -364,6 +364,8 @@ def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, 
 
 def add_cli(subparsers: Any) -> None:
     """Register `prune` on the `curate` command's subparsers."""
+    from pipeline.cli import _common
+
     p = subparsers.add_parser("prune", help="SemDeDup, density-based pruning and a per-cluster cap over clustered embeddings")
     p.add_argument("--input", required=True, help="a run folder (its embed output) or Parquet with uid and the embedding column")
     p.add_argument("--clusters", help="a run folder or cluster stage folder (default: --output's)")
@@ -377,10 +379,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--max-per-cluster", type=int, help="cap: keep at most M members per cluster, the farthest")
     p.add_argument("--block-size", type=int, help="SemDeDup block size B (B x B similarities at a time; default 4096)")
     p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    p.add_argument("--config", help="YAML config file (see configs/demo.yaml)")
-    p.add_argument("--master", help="Spark master (default local[*]; ignored under spark-submit)")
-    p.add_argument("--seed", type=int, help="recorded in run.json (pruning draws no random numbers)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _common(p)  # --config, --master, --seed, -v
     p.set_defaults(func=cmd_prune)
 
 

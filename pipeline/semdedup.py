@@ -14,6 +14,7 @@ the cluster's embeddings plus one B x B block, and no cross-block pair is skippe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,14 +54,23 @@ def max_similarity_to_earlier(x: np.ndarray, block_size: int = 4096) -> tuple[np
             s = xj @ x[i0:i1].T  # s[c, r] = cos(member j0+c, member i0+r)
             if i0 == j0:
                 # Only earlier members count: keep r < c, the strictly lower triangle.
-                s[np.triu_indices(j1 - j0, 0, i1 - i0)] = -np.inf
-            m = s.max(axis=1)
-            a = s.argmax(axis=1) + i0
+                np.copyto(s, -np.inf, where=_upper(j1 - j0))
+            a = s.argmax(axis=1)
+            m = s[np.arange(len(s)), a]
+            a += i0
             # Strictly greater: on ties the earliest member (earlier block, then argmax's first) wins.
             better = m > bj
             bj[better] = m[better]
             aj[better] = a[better]
     return best, arg
+
+
+@functools.lru_cache(maxsize=2)
+def _upper(b: int) -> np.ndarray:
+    """The b x b mask of the diagonal and above (read-only, cached: one per block size)."""
+    mask = np.triu(np.ones((b, b), dtype=bool))
+    mask.flags.writeable = False
+    return mask
 
 
 def semantic_duplicates(max_sim: np.ndarray, eps: float) -> np.ndarray:

@@ -12,7 +12,7 @@ from tests.embedgen import mixture, write_embeddings
 from tests.test_schemas import assert_matches_contract
 
 DIM = 12
-BAD_ROWS = [(3, None), (4, [float("nan")] * DIM), (5, [0.0] * DIM), (6, [0.5] * (DIM + 1)), (7, [float("inf")] + [0.1] * (DIM - 1))]
+BAD_ROWS = [(3, None), (4, [float("nan")] * DIM), (5, [0.0] * DIM), (6, [0.5] * (DIM + 1)), (7, [float("inf")] + [0.1] * (DIM - 1)), (8, [0.1] * (DIM - 1) + [None])]
 
 
 def brute_force_top(x: np.ndarray, c: np.ndarray, m: int, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -120,10 +120,11 @@ def test_bad_embeddings_are_ledger_rows_with_their_reason(spark, clustered):
     assert set(dropped.reason) == {"invalid_embedding"}
     assert dropped.detail.to_dict() == {
         "u00003": "no embedding",
-        "u00004": "NaN, infinite or null value",
+        "u00004": "NaN or infinite value",
         "u00005": "zero vector",
         "u00006": f"dimension {DIM + 1}, expected {DIM}",
-        "u00007": "NaN, infinite or null value",
+        "u00007": "NaN or infinite value",
+        "u00008": "null value",
     }
 
 
@@ -149,7 +150,7 @@ def test_cli_errors_are_one_line(spark, clustered, tmp_path, capsys):
 
     rc = main(["cluster", "--input", clustered["input"], "--output", str(tmp_path / "r"), "--k", "1000", "--sample-per-centroid", "2"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "k=1000 but only 495 valid embeddings" in err
+    assert rc == 2 and len(err.splitlines()) == 1 and "k=1000 but only 494 valid embeddings" in err
     rc = main(["cluster", "--input", clustered["input"], "--output", str(tmp_path / "r"), "--k", "2", "--embedding-col", "clip"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "missing column(s) clip" in err

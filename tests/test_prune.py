@@ -293,7 +293,7 @@ def test_invalid_or_missing_embeddings_in_the_prune_input_are_ledger_rows(spark,
     n_clustered = spark.read.parquet(f"{pruned['run']}/cluster/data").count()
     assert len(ledger) == n_clustered
     bad = ledger[ledger.reason == "invalid_embedding"]
-    assert bad.detail.to_dict() == {uids[0]: "no embedding", uids[1]: "NaN, infinite or null value"}
+    assert bad.detail.to_dict() == {uids[0]: "no embedding", uids[1]: "NaN or infinite value"}
 
 
 def test_bad_settings_and_inputs_are_one_line_errors(spark, pruned, tmp_path, capsys):
