@@ -20,6 +20,8 @@ successes and shards kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -167,14 +169,38 @@ def fetch_images(
         guard=policy,
     )
     # img2dataset's progress: per-shard and total speed and the error table, from its stats files.
-    progress = LoggerProcess(shards_dir, False, "img2dataset", {"stage": STAGE})
-    progress.done_shards = set()
-    progress.start()
+    distribute = multiprocessing_distributor if distributor == "multiprocessing" else pyspark_distributor
+    with _stdout_to_stderr():
+        progress = LoggerProcess(shards_dir, False, "img2dataset", {"stage": STAGE})
+        progress.done_shards = set()
+        progress.start()
+        try:
+            distribute(cfg.processes, downloader, reader, 1000, 1)
+        finally:
+            progress.join()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """img2dataset prints its progress to stdout, in this process and its children: send it to stderr.
+
+    stdout stays for the stage's JSON summary (`curate download ... | jq`). Done on the file
+    descriptor, which spawned processes inherit.
+    """
+    sys.stdout.flush()
     try:
-        distribute = multiprocessing_distributor if distributor == "multiprocessing" else pyspark_distributor
-        distribute(cfg.processes, downloader, reader, 1000, 1)
+        saved = os.dup(1)
+    except OSError:  # no stdout at all
+        yield
+        return
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
-        progress.join()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _shard_files(run, shards_dir: str) -> dict[int, list[str]]:
@@ -292,6 +318,8 @@ def run_download(
     from pipeline.runs import Run, StageResult, _now
 
     d = cfg.download
+    if importlib.util.find_spec("img2dataset") is None:
+        raise _img2dataset_missing()
     run = Run(spark, run_root)
     stage_dir = run.stage_dir(STAGE)
     source = resolve_source(run, input_path)

@@ -452,7 +452,7 @@ def test_config_rejects_bad_download_settings():
 
 @pytest.mark.shared
 @pytest.mark.slow
-def test_real_commoncrawl_images_through_the_cli(spark, tmp_path):
+def test_real_commoncrawl_images_through_the_cli(spark, tmp_path, capfd):
     """Serve a few dozen of fondant's real CommonCrawl images locally and download them with the CLI."""
     import cv2
 
@@ -469,11 +469,15 @@ def test_real_commoncrawl_images_through_the_cli(spark, tmp_path):
         urls = {row.id: srv.url(f"{row.id}.img") for row in images.itertuples()}
         pool = write_pool(tmp_path / "pool.parquet", urls)
         run = str(tmp_path / "run")
+        capfd.readouterr()
         code = main([
             "download", "--input", pool, "--output", run, "--allow-host", "127.0.0.1", "--processes", "1",
             "--threads", "8", "--image-size", "64", "--distributor", "multiprocessing",
         ])
     assert code == 0
+    # stdout is the stage's JSON summary alone: img2dataset's progress went to stderr.
+    out, err = capfd.readouterr()
+    assert json.loads(out)["rows_in"] == len(urls) and "images per sec" in err
     got = ledger(spark, run)
     assert set(got) == set(urls)
     # The reference: OpenCV decodes the bytes fondant stored (img2dataset decodes with OpenCV too).
