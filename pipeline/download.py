@@ -348,6 +348,13 @@ def run_download(
     old_stats: dict[str, Any] = {}
     if retry_failed:
         old_stats = run.stats(STAGE)
+        if old_stats.get("output_format") != d.output_format:
+            raise DownloadError(
+                f"--retry-failed: the stage holds {old_stats.get('output_format')} shards but output_format is "
+                f"{d.output_format}; use the same format, or --force to download everything again"
+            )
+        if previous.get("fingerprint") != fingerprint:
+            log.warning("download: retrying with a different input or config than the earlier attempts used")
         failed = spark.read.parquet(run.ledger_dir(STAGE)).where(F.col("reason") == R.DOWNLOAD_FAILED).select("uid")
         todo = df.join(failed, on="uid", how="left_semi")
         existing = _shard_files(run, f"{stage_dir}/shards")

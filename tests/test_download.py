@@ -285,6 +285,67 @@ def test_opener_checks_redirects_and_connections_before_any_request(tmp_path):
             assert inner.requests["/a.txt"] == 1
 
 
+# --------------------------------------------------------------------------- the stage's parts
+
+
+def test_input_is_the_most_curated_complete_text_stage(spark, tmp_path):
+    from pipeline.download import resolve_source
+    from pipeline.runs import Run
+
+    run = Run(spark, str(tmp_path))
+    for stage in ("ingest", "match", "balance"):
+        (tmp_path / stage / "data").mkdir(parents=True)
+    (tmp_path / "ingest" / "_COMPLETE").write_text("{}")
+    assert resolve_source(run, str(tmp_path)) == f"{tmp_path}/ingest/data"
+    (tmp_path / "match" / "_COMPLETE").write_text("{}")
+    assert resolve_source(run, str(tmp_path)) == f"{tmp_path}/match/data"
+    (tmp_path / "balance" / "_COMPLETE").write_text("{}")
+    assert resolve_source(run, str(tmp_path)) == f"{tmp_path}/balance/data"
+    assert resolve_source(run, str(tmp_path / "match")) == f"{tmp_path}/match/data"
+    with pytest.raises(FileNotFoundError):
+        resolve_source(run, str(tmp_path / "nowhere"))
+
+
+def test_a_uid_img2dataset_never_reports_is_a_failure_not_a_loss(spark):
+    from pipeline.download import NEVER_REPORTED, with_download_decisions
+    from pipeline.urlguard import REFUSED_PREFIX
+
+    todo = spark.createDataFrame([(u, f"http://x/{u}", "t") for u in "abcde"], "uid string, url string, text string")
+    refusals = spark.createDataFrame([("a", "scheme 'ftp' is not http or https"), ("b", None), ("c", None), ("d", None), ("e", None)], "uid string, _refusal string")
+    cols = "uid string, shard string, key string, status string, error_message string, width int, height int, original_width int, original_height int, sha256 string"
+    results = spark.createDataFrame(
+        [
+            ("b", "00000.tar", "000000000", "success", None, 8, 8, 8, 8, "f" * 64),
+            ("c", "00000.tar", "000000001", "failed_to_download", "HTTP Error 404: Not Found", None, None, None, None, None),
+            ("d", "00000.tar", "000000002", "failed_to_download", f"{REFUSED_PREFIX}redirect to http://10.0.0.1/: private", None, None, None, None, None),
+        ],
+        cols,
+    )
+    got = {r["uid"]: (r["_reason"], r["_detail"]) for r in with_download_decisions(todo, refusals, results).collect()}
+    assert got == {
+        "a": (R.URL_REFUSED, "scheme 'ftp' is not http or https"),
+        "b": (None, None),
+        "c": (R.DOWNLOAD_FAILED, "HTTP Error 404: Not Found"),
+        "d": (R.URL_REFUSED, "redirect to http://10.0.0.1/: private"),
+        "e": (R.DOWNLOAD_FAILED, NEVER_REPORTED),
+    }
+
+
+def test_unfinished_shards_are_removed(spark, tmp_path):
+    from pipeline.download import _complete_shards
+    from pipeline.runs import Run
+
+    for name in ("00000.tar", "00000.parquet", "00001.tar", "00001.parquet", "00002.tar"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+    stats = {"count": 3, "successes": 2, "failed_to_download": 1, "failed_to_resize": 0, "status_dict": {"success": 2, "timed out": 1}}
+    (tmp_path / "00000_stats.json").write_text(json.dumps(stats))
+    (tmp_path / "00001_stats.json").write_text(json.dumps(stats))
+    complete, totals = _complete_shards(Run(spark, str(tmp_path)), str(tmp_path))
+    assert sorted(complete) == [0, 1] and not (tmp_path / "00002.tar").exists()
+    assert totals["successes"] == 4 and totals["count"] == 6 and totals["top_errors"] == {"timed out": 2}
+    assert totals["bytes_written"] == 4 * 10 + 2 * len(json.dumps(stats))
+
+
 # --------------------------------------------------------------------------- the stage
 
 
