@@ -47,25 +47,28 @@ balance:
 
 
 def snapshot(run_root: str | Path) -> dict:
-    """What a text-path run decided, read with pyarrow (not Spark): rows, ledger, counts, stats."""
+    """What a run decided, read with pyarrow (not Spark): rows, ledger, counts and stats of the
+    text-path stages present in it."""
     run_root = Path(run_root)
 
     def rows(rel: str, columns: list[str]) -> list[tuple]:
         table = ds.dataset(run_root / rel, format="parquet", partitioning="hive").to_table(columns=columns)
         return sorted(tuple(tuple(v) if isinstance(v, list) else v for v in r.values()) for r in table.to_pylist())
 
-    stats = {}
-    for stage in ("ingest", "match", "count", "balance"):
-        s = json.loads((run_root / stage / "stats.json").read_text())
-        stats[stage] = {k: v for k, v in s.items() if k not in ("seconds", "finished", "input", "counts")}
-    return {
-        "kept": rows("balance/data", ["uid", "text", "entry_ids", "keep_prob"]),
-        "matched": rows("match/data", ["uid", "entry_ids"]),
-        "ledger": rows("decisions", ["stage", "uid", "decision", "reason", "detail"]),
-        "counts": rows("count/data", ["entry_id", "entry", "count"]),
-        "concepts": rows("count/concepts", ["concept", "count"]),
-        "stats": stats,
+    tables = {
+        "kept": ("balance/data", ["uid", "text", "entry_ids", "keep_prob"]),
+        "matched": ("match/data", ["uid", "entry_ids"]),
+        "ledger": ("decisions", ["stage", "uid", "decision", "reason", "detail"]),
+        "counts": ("count/data", ["entry_id", "entry", "count"]),
+        "concepts": ("count/concepts", ["concept", "count"]),
     }
+    out: dict = {key: rows(rel, cols) for key, (rel, cols) in tables.items() if (run_root / rel).exists()}
+    out["stats"] = {}
+    for stage in ("ingest", "match", "count", "balance"):
+        if (run_root / stage / "stats.json").exists():
+            s = json.loads((run_root / stage / "stats.json").read_text())
+            out["stats"][stage] = {k: v for k, v in s.items() if k not in ("seconds", "finished", "input", "counts")}
+    return out
 
 
 def complete_stages(run_root: str | Path) -> list[str]:
