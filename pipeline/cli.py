@@ -156,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from pipeline.demo import generate_pool, write_concepts
     from pipeline.metadata import build_metadata, write_metadata
-    from pipeline.runner import describe, run_pipeline
+    from pipeline.runner import describe, run_pipeline, write_resolved_config
 
     cfg = _config(args, {"demo.rows": args.rows})
     out = os.path.abspath(args.output)
@@ -173,11 +173,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         balance=cfg.balance if (cfg.balance.t or cfg.balance.tail_fraction) else dataclasses.replace(cfg.balance, tail_fraction=0.3),
         run=dataclasses.replace(cfg.run, input=pool.path, output=os.path.join(out, "run")),
     )
+    config = write_resolved_config(cfg, os.path.join(out, "pipeline.yaml"))
     spark = _spark(cfg)
     result = run_pipeline(spark, cfg, force=True, command=["demo", *sys.argv[1:]])
     print(f"demo pool:  {pool.path} ({pool.rows} rows, images in {pool.images})")
     for line in describe(result):
         print(line)
+    print(f"config:     {config}  (`curate run --config` it: complete stages are skipped)")
     return 0
 
 

@@ -185,6 +185,21 @@ def _lineage(run: Run, enabled: list[str], inputs_of: dict[str, list[str]]) -> l
     return [s for s in reversed(chain) if run.fs.exists(run.ledger_dir(s))]
 
 
+def write_resolved_config(cfg: PipelineConfig, path: str) -> str:
+    """Write `cfg` as a YAML file that `curate run --config` (or spark-submit jobs/run.py) takes."""
+    import json
+    import os
+
+    import yaml
+
+    plain = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, for YAML's safe dumper
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# Resolved configuration of this run: `curate run --config THIS_FILE` reruns it.\n")
+        yaml.safe_dump(plain, fh, sort_keys=False)
+    return path
+
+
 # --------------------------------------------------------------------------- summary
 
 def describe(result: PipelineResult) -> list[str]:

@@ -101,3 +101,10 @@ def test_errors_are_one_line_and_name_the_fix(spark, first_run, tmp_path, capsys
     assert main(["run", "--config", str(first_run["config"]), "--output", str(tmp_path / "r"), "--stages", "ingest,dedup"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown stage 'dedup'" in err
+
+
+def test_resolved_config_round_trips(first_run, tmp_path):
+    from pipeline.runner import write_resolved_config
+
+    path = write_resolved_config(first_run["cfg"], str(tmp_path / "resolved.yaml"))
+    assert load_config(path) == first_run["cfg"]
