@@ -121,6 +121,9 @@ def fetch_images(
     """
     import fsspec
 
+    # albumentations (img2dataset's resizer) asks PyPI for updates on import: not here, nor in
+    # the processes spawned from here (pipeline.fetch does the same where it is unpickled).
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         from img2dataset.distributor import multiprocessing_distributor, pyspark_distributor
         from img2dataset.logger import LoggerProcess
@@ -128,11 +131,11 @@ def fetch_images(
         from img2dataset.writer import ParquetSampleWriter, WebDatasetSampleWriter
 
         from pipeline.fetch import BoundedResizer, GuardedDownloader
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "img2dataset":
+            raise
         raise _img2dataset_missing() from None
 
-    # albumentations (img2dataset's resizer) asks the network for updates on import: not here.
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     fs, _ = fsspec.core.url_to_fs(shards_dir)
     for folder in (shards_dir, work_dir):
         fs.makedirs(fsspec.core.url_to_fs(folder)[1], exist_ok=True)
