@@ -27,7 +27,7 @@ MARKER = "_COMPLETE"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 PACKAGES = (
     "curate-pipeline", "pyspark", "pyarrow", "pandas", "numpy", "ahocorasick-rs", "pyahocorasick",
-    "nltk", "matplotlib", "torch", "open_clip_torch", "faiss-cpu",
+    "nltk", "matplotlib", "torch", "open_clip_torch", "faiss-cpu", "img2dataset",
 )
 
 
