@@ -44,8 +44,9 @@ class PruneError(UserError):
 
 
 def with_similarity(members, block_size: int):
-    """Needs uid, cluster_id, distance, _emb (valid, array<float>). Per cluster (applyInArrow),
-    adds rank, max_sim_earlier, most_similar_uid; drops _emb. Other columns pass through.
+    """Needs uid, cluster_id, distance, _emb (array<float>) and _detail (null = valid embedding).
+    Per cluster (applyInArrow), adds rank, max_sim_earlier, most_similar_uid (null for invalid
+    rows); drops _emb. Other columns pass through.
 
     One cluster's embeddings are held by one task: memory is n_j x dim floats plus one
     block_size x block_size block.
@@ -59,26 +60,33 @@ def with_similarity(members, block_size: int):
     out_schema = T.StructType(
         [f for f in members.schema.fields if f.name != "_emb"]
         + [
-            T.StructField("rank", T.LongType(), False),
+            T.StructField("rank", T.LongType(), True),  # null for invalid embeddings
             T.StructField("max_sim_earlier", T.FloatType(), True),
             T.StructField("most_similar_uid", T.StringType(), True),
         ]
     )
 
     def per_cluster(table: pa.Table) -> pa.Table:
+        valid = pc.is_null(table.column("_detail"))
+        invalid = table.filter(pc.invert(valid)).drop_columns(["_emb"])
+        table = table.filter(valid)
         uids = table.column("uid").to_pylist()
         distance = table.column("distance").to_numpy()
         emb = table.column("_emb").combine_chunks()
-        x = pc.list_flatten(emb).to_numpy(zero_copy_only=False).reshape(len(uids), -1)
+        x = pc.list_flatten(emb).to_numpy(zero_copy_only=False).reshape(len(uids), -1) if uids else np.zeros((0, 1), np.float32)
         r = dedup_cluster(uids, distance, x, block_size)
-        out = table.drop_columns(["_emb"]).take(pa.array(r["index"]))
+        out = table.drop_columns(["_emb"]).take(pa.array(r["index"], pa.int64()))
         sim = r["max_sim_earlier"]
         most = [uids[i] if i >= 0 else None for i in r["most_similar"]]
-        return (
+        out = (
             out.append_column("rank", pa.array(r["rank"], pa.int64()))
             .append_column("max_sim_earlier", pa.array(sim, pa.float32(), mask=np.isnan(sim)))
             .append_column("most_similar_uid", pa.array(most, pa.string()))
         )
+        nulls = [pa.nulls(len(invalid), f.type) for f in out.schema][-3:]
+        for name, column in zip(("rank", "max_sim_earlier", "most_similar_uid"), nulls, strict=True):
+            invalid = invalid.append_column(name, column)
+        return pa.concat_tables([out, invalid.cast(out.schema)])
 
     return members.groupBy("cluster_id").applyInArrow(per_cluster, out_schema)
 
@@ -209,6 +217,7 @@ def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, 
     `clusters_path`: a run folder or cluster stage folder (default: `run_root`).
     """
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     from pipeline.cluster import load_centroids, with_embedding_check
     from pipeline.contracts import require_columns, select_contract
@@ -245,8 +254,6 @@ def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, 
     require_columns(clusters, ("uid", "cluster_id", "distance"), STAGE)
     embed = spark.read.parquet(embed_source)
     require_columns(embed, ("uid", emb_col) if compute_sim else ("uid",), STAGE)
-    from pyspark.sql import types as T
-
     taken = {"uid", "cluster_id", "distance", "rank", "max_sim_earlier", "most_similar_uid"}
     extras = [
         f.name for f in embed.schema.fields
@@ -258,15 +265,7 @@ def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, 
         on="uid", how="left",
     )
     if compute_sim:
-        members = with_embedding_check(members, emb_col, centroids.shape[1]).drop(emb_col)
-        valid = with_similarity(members.where(F.col("_detail").isNull()).drop("_detail"), p.block_size)
-        invalid = (
-            members.where(F.col("_detail").isNotNull()).drop("_emb")
-            .withColumn("rank", F.lit(None).cast("long"))
-            .withColumn("max_sim_earlier", F.lit(None).cast("float"))
-            .withColumn("most_similar_uid", F.lit(None).cast("string"))
-        )
-        members = valid.withColumn("_detail", F.lit(None).cast("string")).unionByName(invalid)
+        members = with_similarity(with_embedding_check(members, emb_col, centroids.shape[1]).drop(emb_col), p.block_size)
     elif sim_source:
         stored = spark.read.parquet(sim_source)
         require_columns(stored, SIMILARITY_COLUMNS, "prune --similarity")
