@@ -102,7 +102,7 @@ def task_device(requested: str) -> str:
     return resolve_device(requested)
 
 
-def embed_partition(cfg: EmbedConfig, seed: int, out_dir: str, fingerprint: str):
+def embed_partition(cfg: EmbedConfig, seed: int, out_dir: str, fingerprints: dict[str, str]):
     """A mapInPandas function over a frame of shard descriptions (`shard` JSON): embeds each into `out_dir`.
 
     The model is built once per Python worker process and device, and kept for later tasks.
@@ -123,7 +123,7 @@ def embed_partition(cfg: EmbedConfig, seed: int, out_dir: str, fingerprint: str)
         key = (cfg.model, cfg.pretrained, cfg.checkpoint, seed, device, cfg.precision)
         if key not in _ENCODERS:
             _ENCODERS[key] = load_encoder(cfg, device, seed)
-        summary = embed_shards(shards, out_dir, _ENCODERS[key], cfg, fingerprint, progress=False)
+        summary = embed_shards(shards, out_dir, _ENCODERS[key], cfg, fingerprints, progress=False)
         yield pd.DataFrame(
             [
                 {
@@ -141,12 +141,12 @@ def embed_partition(cfg: EmbedConfig, seed: int, out_dir: str, fingerprint: str)
     return run
 
 
-def embed_on_spark(spark, shards: list, out_dir: str, cfg: EmbedConfig, seed: int, fingerprint: str) -> dict[str, Any]:
+def embed_on_spark(spark, shards: list, out_dir: str, cfg: EmbedConfig, seed: int, fingerprints: dict[str, str]) -> dict[str, Any]:
     """One Spark task per shard; on a GPU-scheduled cluster each task holds one GPU."""
     import json
 
     rdd = spark.sparkContext.parallelize([(s.to_json(),) for s in shards], len(shards))
-    rows = spark.createDataFrame(rdd, "shard string").mapInPandas(embed_partition(cfg, seed, out_dir, fingerprint), RESULT_DDL).collect()
+    rows = spark.createDataFrame(rdd, "shard string").mapInPandas(embed_partition(cfg, seed, out_dir, fingerprints), RESULT_DDL).collect()
     images = sum(r["images_embedded"] for r in rows)
     busy = sum(r["seconds"] for r in rows)
     return {
@@ -300,8 +300,17 @@ def run_embed(spark, input_path: str, run_root: str, cfg: PipelineConfig, force:
 
         download_data, shards_dir, layout, shards = resolve_images(run, input_path, e)
         device = resolve_device(e.device)
-        shard_fp = shard_fingerprint(e, cfg.seed, device)
-        fingerprint = config_hash({"input": run.fs.qualify(shards_dir), "shards": [s.name for s in shards], "shard_fp": shard_fp, "download": download_data})
+        from pipeline.imageshards import source_identity
+
+        # Per shard: what makes its embeddings and the identity of its input bytes (size, mtime),
+        # so a re-downloaded shard is embedded again and an unchanged one is reused.
+        model_fp = shard_fingerprint(e, cfg.seed, device)
+        shard_fps = {s.name: config_hash([model_fp, source_identity(s)]) for s in shards}
+        # The download stage's marker changes whenever it recommits (e.g. --retry-failed).
+        listed = run.fs.read_json(f"{download_data[: -len('/data')]}/{MARKER}") if download_data else None
+        fingerprint = config_hash(
+            {"input": run.fs.qualify(shards_dir), "shards": shard_fps, "download": download_data, "download_marker": listed}
+        )
     written = set(run.fs.list(out_dir))
     if not force and run.is_complete(STAGE, fingerprint) and all(f"{s.name}.parquet" in written for s in shards):
         log.info("embed: complete with the same input, model and shards; skipping")
@@ -317,15 +326,15 @@ def run_embed(spark, input_path: str, run_root: str, cfg: PipelineConfig, force:
     else:
         from pipeline.embed_kernel import embed_shards, load_encoder, shard_done
 
-        pending = [s for s in shards if not shard_done(out_dir, s, shard_fp)]
+        pending = [s for s in shards if not shard_done(out_dir, s, shard_fps[s.name])]
         log.info("embed: %d shards, %d to embed, %d already done (%s)", len(shards), len(pending), len(shards) - len(pending), layout)
         summary: dict[str, Any] = {"shards_written": 0, "images_embedded": 0, "images_per_s": None, "shard_errors": {}}
         encoder = None
         if pending and e.executor == "spark":
-            summary = embed_on_spark(spark, pending, out_dir, e, cfg.seed, shard_fp)
+            summary = embed_on_spark(spark, pending, out_dir, e, cfg.seed, shard_fps)
         elif pending:
             encoder = load_encoder(e, device, cfg.seed)
-            summary = embed_shards(pending, out_dir, encoder, e, shard_fp)
+            summary = embed_shards(pending, out_dir, encoder, e, shard_fps)
         extra.update(
             {
                 "model": e.model, "pretrained": e.pretrained, "checkpoint": e.checkpoint,

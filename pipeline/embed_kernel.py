@@ -31,7 +31,7 @@ from pipeline import reasons as R
 from pipeline.config import EmbedConfig
 from pipeline.errors import UserError
 from pipeline.imageio import ImageDecodeError, PreprocessSpec, load_image, normalize
-from pipeline.imageshards import Shard, _fs, read_samples, shard_size
+from pipeline.imageshards import Shard, _fs, read_unit, shard_units
 
 log = logging.getLogger(__name__)
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
@@ -189,9 +189,10 @@ def _quiet_root_logger():
 class ShardChunks(IterableDataset):
     """Chunks (at most `batch_size` samples of one shard), decoded and tokenized in DataLoader workers.
 
-    Chunk j of shard s goes to worker (s + j) mod n_workers, so one big shard still spreads over
-    every worker. Each chunk says how many chunks its shard has, so the consumer knows when a
-    shard is complete whatever order chunks arrive in.
+    A shard is cut into units (`shard_units`: a batch of a tar or file group, a Parquet row
+    group); unit u of shard s goes to worker (s + u) mod n_workers, so one big shard still
+    spreads over every worker. Each chunk says how many chunks its shard has, so the consumer
+    knows when a shard is complete whatever order chunks arrive in.
     """
 
     def __init__(self, shards: list[Shard], batch_size: int, spec: PreprocessSpec, tokenizer, cfg: EmbedConfig) -> None:
@@ -203,21 +204,36 @@ class ShardChunks(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for s, shard in enumerate(self.shards):
             try:
-                n, error = shard_size(shard)
+                units, error = shard_units(shard, self.batch_size)
             except Exception as exc:  # noqa: BLE001 - an unreadable shard is reported, not fatal
-                n, error = 0, f"{type(exc).__name__}: {exc}"
-            n_chunks = max(1, math.ceil(n / self.batch_size))
-            for j in range(n_chunks):
-                if (s + j) % workers == worker:
-                    yield self.chunk(s, shard, j, n_chunks, n, error)
+                units, error = [], f"{type(exc).__name__}: {exc}"
+            counts = [math.ceil((b - a) / self.batch_size) for a, b in units]
+            n_chunks = max(1, sum(counts))
+            if not units and s % workers == worker:
+                yield self.chunk(s, 0, n_chunks, [], error)
+            offset = 0
+            for u, ((a, b), count) in enumerate(zip(units, counts, strict=True)):
+                if (s + u) % workers == worker:
+                    yield from self.unit(s, shard, a, b, offset, count, n_chunks, error)
+                offset += count
 
-    def chunk(self, s: int, shard: Shard, j: int, n_chunks: int, n: int, error: str | None) -> dict:
-        start, stop = j * self.batch_size, min(n, (j + 1) * self.batch_size)
-        out: dict[str, Any] = {"shard": s, "chunk": j, "n_chunks": n_chunks, "start": start, "shard_error": error}
+    def unit(self, s: int, shard: Shard, a: int, b: int, offset: int, count: int, n_chunks: int, error: str | None):
+        """Chunks offset .. offset+count-1: a read error mid-unit still yields them all (empty)."""
+        j, buffer = offset, []
         try:
-            samples = read_samples(shard, start, stop) if stop > start else []
+            for samples in read_unit(shard, a, b, self.batch_size):
+                buffer += samples
+                while len(buffer) >= self.batch_size and j < offset + count:
+                    yield self.chunk(s, j, n_chunks, buffer[: self.batch_size], error)
+                    buffer, j = buffer[self.batch_size :], j + 1
         except Exception as exc:  # noqa: BLE001
-            samples, out["shard_error"] = [], f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
+        while j < offset + count:
+            yield self.chunk(s, j, n_chunks, buffer, error)
+            buffer, j = [], j + 1
+
+    def chunk(self, s: int, j: int, n_chunks: int, samples: list, error: str | None) -> dict:
+        out: dict[str, Any] = {"shard": s, "chunk": j, "n_chunks": n_chunks, "shard_error": error}
         pixels, ok, reasons, details, token_rows = [], [], [], [], []
         for i, sample in enumerate(samples):
             reason = detail = None
@@ -313,14 +329,17 @@ class _Pending:
 
 
 def embed_shards(
-    shards: list[Shard], out_dir: str, encoder: Encoder, cfg: EmbedConfig, fingerprint: str, progress: bool = True
+    shards: list[Shard], out_dir: str, encoder: Encoder, cfg: EmbedConfig, fingerprints: dict[str, str], progress: bool = True
 ) -> dict[str, Any]:
     """Embed every shard into `<out_dir>/<shard>.parquet`; returns counts, shard errors and images/s.
+
+    `fingerprints[shard.name]` (model, weights, loader settings and the input file's identity)
+    is stored in the file's metadata; `shard_done` compares it on the next run.
 
     Shard rows: uid, key, text, image_embedding, text_embedding (null when there is no caption),
     reason/detail (null for embedded samples; image_decode_failed or no_image otherwise).
     """
-    meta = {"fingerprint": fingerprint, "dim": encoder.dim, "dtype": "float32", "weights": encoder.weights}
+    meta = {"dim": encoder.dim, "dtype": "float32", "weights": encoder.weights}
     dataset = ShardChunks(shards, cfg.batch_size, encoder.spec, encoder.tokenizer, cfg)
     loader = DataLoader(
         dataset,
@@ -337,12 +356,14 @@ def embed_shards(
         # The decode workers need their cores; more model threads than cores left only thrash.
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - cfg.workers)))
     try:
-        return _embed_loop(shards, out_dir, encoder, loader, meta, progress)
+        return _embed_loop(shards, out_dir, encoder, loader, meta, fingerprints, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _embed_loop(shards: list[Shard], out_dir: str, encoder: Encoder, loader, meta: dict, progress: bool) -> dict[str, Any]:
+def _embed_loop(
+    shards: list[Shard], out_dir: str, encoder: Encoder, loader, meta: dict, fingerprints: dict[str, str], progress: bool
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     pending: dict[int, _Pending] = {}
@@ -375,7 +396,7 @@ def _embed_loop(shards: list[Shard], out_dir: str, encoder: Encoder, loader, met
             if p.error:
                 errors[p.name] = p.error
                 log.warning("embed: shard %s partly readable: %s", p.name, p.error)
-            write_shard(out_dir, p.name, _assemble(p, encoder.dim), {**meta, "shard_error": p.error})
+            write_shard(out_dir, p.name, _assemble(p, encoder.dim), {**meta, "fingerprint": fingerprints[p.name], "shard_error": p.error})
             written += 1
     bar.close()
     seconds = time.time() - started

@@ -1,7 +1,7 @@
 """Reading images by shard: img2dataset output (WebDataset tars or Parquet with image bytes) and image folders.
 
-Spark-free and torch-free: the embed stage's workers call `read_samples` on a slice of a
-shard. Every sample that is found comes back (with `data=None` and a note when it has no
+Spark-free and torch-free: the embed stage's workers call `read_unit` on a unit of a shard
+(`shard_units`). Every sample that is found comes back (with `data=None` and a note when it has no
 image bytes), so the stage can account for each one.
 """
 
@@ -11,6 +11,7 @@ import json
 import os
 import posixpath
 import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -189,32 +190,50 @@ def _parquet_columns(path: str) -> tuple[str, str | None, str | None, str | None
     )
 
 
-@lru_cache(maxsize=2)
-def _parquet_rows(path: str) -> int:
-    import pyarrow.parquet as pq
+def shard_units(shard: Shard, batch_size: int) -> tuple[list[tuple[int, int]], str | None]:
+    """The shard's units of work as [start, stop) sample ranges, and a read error (or None).
 
-    fs, p = _fs(path)
-    with fs.open_input_file(p) as fh:
-        return pq.ParquetFile(fh).metadata.num_rows
+    Tars and file groups are read by offset, so a unit is one batch. A Parquet unit is a row
+    group (read once, streamed in batches): slicing rows out of a row group would read the
+    whole group for every batch.
+    """
+    if shard.kind == "parquet":
+        import pyarrow.parquet as pq
 
-
-def shard_size(shard: Shard) -> tuple[int, str | None]:
-    """(number of samples, read error or None)."""
+        fs, p = _fs(shard.path)
+        with fs.open_input_file(p) as fh:
+            meta = pq.ParquetFile(fh).metadata
+        units, row = [], 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if n:
+                units.append((row, row + n))
+            row += n
+        return units, None
     if shard.kind == "tar":
         index = _tar_index(shard.path)
-        return len(index.samples), index.error
-    if shard.kind == "parquet":
-        return _parquet_rows(shard.path), None
-    return len(shard.files), None
+        n, error = len(index.samples), index.error
+    else:
+        n, error = len(shard.files), None
+    return [(i, min(n, i + batch_size)) for i in range(0, n, batch_size)], error
 
 
-def read_samples(shard: Shard, start: int, stop: int) -> list[Sample]:
-    """Samples [start, stop) of the shard, in shard order."""
-    if shard.kind == "tar":
-        return _read_tar(shard.path, start, stop)
+def read_unit(shard: Shard, start: int, stop: int, batch_size: int) -> Iterator[list[Sample]]:
+    """The samples of one unit from `shard_units`, in shard order, in lists of at most batch_size."""
     if shard.kind == "parquet":
-        return _read_parquet(shard.path, start, stop)
-    return _read_files(shard.path, shard.files[start:stop])
+        yield from _read_parquet(shard.path, start, stop, batch_size)
+    elif shard.kind == "tar":
+        yield _read_tar(shard.path, start, stop)
+    else:
+        yield _read_files(shard.path, shard.files[start:stop])
+
+
+def source_identity(shard: Shard) -> list:
+    """What identifies the input bytes of a shard: file size and modification time (files: each one's)."""
+    fs, _ = _fs(shard.path)
+    paths = [shard.path] if shard.kind != "files" else [_join(shard.path, f) for f in shard.files]
+    infos = fs.get_file_info([_fs(x)[1] for x in paths])
+    return [[i.size, i.mtime_ns] for i in infos] if shard.kind != "files" else [[f, i.size, i.mtime_ns] for f, i in zip(shard.files, infos, strict=True)]
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -255,7 +274,7 @@ def _read_tar(path: str, start: int, stop: int) -> list[Sample]:
     return out
 
 
-def _read_parquet(path: str, start: int, stop: int) -> list[Sample]:
+def _read_parquet(path: str, start: int, stop: int, batch_size: int) -> Iterator[list[Sample]]:
     import pyarrow.parquet as pq
 
     image_col, uid_col, key_col, text_col, err_col = _parquet_columns(path)
@@ -263,31 +282,29 @@ def _read_parquet(path: str, start: int, stop: int) -> list[Sample]:
     fs, p = _fs(path)
     with fs.open_input_file(p) as fh:
         pf = pq.ParquetFile(fh)
-        # Read only the row groups that overlap [start, stop).
-        groups, first, row = [], None, 0
+        groups, row = [], 0
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
-            if row < stop and row + n > start:
+            if row >= start and row + n <= stop and n:
                 groups.append(g)
-                first = row if first is None else first
             row += n
-        if not groups:
-            return []
-        table = pf.read_row_groups(groups, columns=cols).slice(start - first, stop - start)
-    d = table.to_pydict()
-    out = []
-    for i in range(table.num_rows):
-        key = str(d[key_col][i]) if key_col and d[key_col][i] is not None else str(start + i)
-        uid = str(d[uid_col][i]) if uid_col and d[uid_col][i] not in (None, "") else key
-        data = d[image_col][i]
-        text = d[text_col][i] if text_col else None
-        note = None
-        if data is None:
-            error = d[err_col][i] if err_col else None
-            note = f"no image bytes in {posixpath.basename(path)}" + (f" (download error: {error})" if error else "")
-        text = (str(text).strip() or None) if text is not None else None
-        out.append(Sample(uid, key, text, data, note))
-    return out
+        row = start
+        for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=cols):
+            d = batch.to_pydict()
+            out = []
+            for i in range(batch.num_rows):
+                key = str(d[key_col][i]) if key_col and d[key_col][i] is not None else str(row + i)
+                uid = str(d[uid_col][i]) if uid_col and d[uid_col][i] not in (None, "") else key
+                data = d[image_col][i]
+                text = d[text_col][i] if text_col else None
+                text = (str(text).strip() or None) if text is not None else None
+                note = None
+                if data is None:
+                    error = d[err_col][i] if err_col else None
+                    note = f"no image bytes in {posixpath.basename(path)}" + (f" (download error: {error})" if error else "")
+                out.append(Sample(uid, key, text, data, note))
+            row += batch.num_rows
+            yield out
 
 
 def _read_files(folder: str, rels: tuple[str, ...]) -> list[Sample]:

@@ -241,7 +241,7 @@ def parquet_folder(tmp_path_factory):
     return {"folder": str(folder), "rows": rows}
 
 
-def test_parquet_shards_resume_and_spark_path(spark, parquet_folder, tmp_path):
+def test_parquet_shards_and_resume(spark, parquet_folder, tmp_path):
     from pipeline.embed import run_embed
 
     run = str(tmp_path / "run")
@@ -269,15 +269,33 @@ def test_parquet_shards_resume_and_spark_path(spark, parquet_folder, tmp_path):
         np.testing.assert_array_equal(again[uid]["image_embedding"], data[uid]["image_embedding"])
 
     assert run_embed(spark, parquet_folder["folder"], run, cfg_for()).skipped
+    # a re-downloaded input shard (new bytes, new mtime) is embedded again; the other is reused
+    source = Path(parquet_folder["folder"]) / "00000.parquet"
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    third = run_embed(spark, parquet_folder["folder"], run, cfg_for())
+    assert third.stats["shards_written"] == 1 and third.stats["shards_reused"] == 1
+    assert (shards / "00000.parquet").stat().st_mtime_ns != kept_mtime
 
-    # One Spark task per shard (the executor path; CPU here, no GPU resources in local mode)
-    run_spark = str(tmp_path / "run_spark")
-    result = run_embed(spark, parquet_folder["folder"], run_spark, cfg_for(executor="spark"))
-    assert result.stats["devices"] == ["cpu"] and result.stats["shards_written"] == 2
-    on_spark, ledger3 = read_output(spark, run_spark)
-    assert ledger3 == ledger
-    for uid in data:
-        np.testing.assert_allclose(on_spark[uid]["image_embedding"], data[uid]["image_embedding"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_spark_executor_path_matches_driver(spark, parquet_folder, tmp_path):
+    """One Spark task per shard (CPU here: no GPU resources in local mode) gives the driver's result."""
+    from pipeline.embed import run_embed
+
+    runs = {}
+    for executor in ("driver", "spark"):
+        run = str(tmp_path / executor)
+        result = run_embed(spark, parquet_folder["folder"], run, cfg_for(executor=executor))
+        assert result.stats["shards_written"] == 2
+        runs[executor] = read_output(spark, run)
+    assert result.stats["devices"] == ["cpu"]
+    (driver, driver_ledger), (on_spark, spark_ledger) = runs["driver"], runs["spark"]
+    assert spark_ledger == driver_ledger and set(on_spark) == set(driver)
+    for uid in driver:
+        np.testing.assert_allclose(on_spark[uid]["image_embedding"], driver[uid]["image_embedding"], atol=1e-6)
+        if driver[uid]["text_embedding"] is not None:
+            np.testing.assert_allclose(on_spark[uid]["text_embedding"], driver[uid]["text_embedding"], atol=1e-6)
 
 
 # --------------------------------------------------------------------------- (c) a folder of image files
