@@ -316,19 +316,24 @@ def test_bad_settings_and_inputs_are_one_line_errors(spark, pruned, tmp_path, ca
     assert rc == 2 and "not a cluster stage output" in capsys.readouterr().err  # r has no cluster stage
 
 
-def test_cli_end_to_end(spark, tmp_path, capsys):
+def test_cli_end_to_end_from_the_embed_stage(spark, tmp_path):
+    """embed (precomputed .npy) -> cluster -> prune through the CLI; every uid accounted for."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from pipeline.cli import main
+    from pipeline.ledger import check_accounting
 
     x = plant_duplicates(mixture(300, 8, centers=3, seed=9), pairs=10, seed=9)
-    write_embeddings(tmp_path / "emb.parquet", x)
+    np.save(tmp_path / "x.npy", x)
+    pq.write_table(pa.table({"uid": [f"u{i:05d}" for i in range(300)]}), tmp_path / "uids.parquet")
     run = str(tmp_path / "run")
-    assert main(["cluster", "--input", str(tmp_path / "emb.parquet"), "--output", run, "--k", "3", "--niter", "5", "--seed", "2"]) == 0
-    assert main(["prune", "--input", str(tmp_path / "emb.parquet"), "--output", run, "--dedup-eps", "0.01", "--max-per-cluster", "60"]) == 0
+    assert main(["embed", "--npy", str(tmp_path / "x.npy"), "--uids", str(tmp_path / "uids.parquet"), "--output", run]) == 0
+    assert main(["cluster", "--input", run, "--output", run, "--k", "3", "--niter", "5", "--seed", "2"]) == 0
+    assert main(["prune", "--input", run, "--output", run, "--dedup-eps", "0.01", "--max-per-cluster", "60"]) == 0
     stats = json.loads(open(f"{run}/prune/stats.json").read())
     assert stats["rows_in"] == 300 and stats["dropped"]["semantic_duplicate"] >= 10
     sizes = spark.read.parquet(f"{run}/prune/data").groupBy("cluster_id").count().collect()
     assert len(sizes) == 3 and all(r["count"] <= 60 for r in sizes)
-    from pipeline.ledger import read_ledger
-
-    ledger = read_ledger(spark, run, ["cluster", "prune"]).groupBy("stage").count().collect()
-    assert {r["stage"]: r["count"] for r in ledger} == {"cluster": 300, "prune": 300}
+    accounting = check_accounting(spark, run, ["embed", "cluster", "prune"], first_stage="embed")
+    assert accounting["inputs"] == 300 and accounting["kept"] == stats["kept"]
