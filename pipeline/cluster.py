@@ -342,12 +342,6 @@ def add_cli(subparsers: Any) -> None:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from pipeline.cli import _stage
 
-    overrides = {
-        "cluster.k": args.k,
-        "cluster.spherical": args.spherical,
-        "cluster.sample_per_centroid": args.sample_per_centroid,
-        "cluster.niter": args.niter,
-        "cluster.top_m": args.top_m,
-        "cluster.embedding_col": args.embedding_col,
-    }
+    # each flag overrides the cluster config key of the same name
+    overrides = {f"cluster.{name}": getattr(args, name) for name in ("k", "spherical", "sample_per_centroid", "niter", "top_m", "embedding_col")}
     return _stage(args, overrides, run_cluster, args.input)

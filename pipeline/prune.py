@@ -385,14 +385,6 @@ def add_cli(subparsers: Any) -> None:
 def cmd_prune(args: argparse.Namespace) -> int:
     from pipeline.cli import _stage
 
-    overrides = {
-        "prune.dedup_eps": args.dedup_eps,
-        "prune.similarity": args.similarity,
-        "prune.keep_fraction": args.keep_fraction,
-        "prune.temperature": args.temperature,
-        "prune.inter_k": args.inter_k,
-        "prune.floor_ratio": args.floor_ratio,
-        "prune.max_per_cluster": args.max_per_cluster,
-        "prune.block_size": args.block_size,
-    }
+    # each flag overrides the prune config key of the same name
+    overrides = {f"prune.{name}": getattr(args, name) for name in ("dedup_eps", "similarity", "keep_fraction", "temperature", "inter_k", "floor_ratio", "max_per_cluster", "block_size")}
     return _stage(args, overrides, run_prune, args.input, args.clusters)
