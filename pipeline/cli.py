@@ -152,15 +152,42 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the demo pool, then `curate run` on it (every enabled stage redone: the pool is new)."""
+    import contextlib
+    import dataclasses
+
+    cfg = _config(args, {"demo.rows": args.rows})
+    out = os.path.abspath(args.output)
+    with contextlib.ExitStack() as stack:
+        base_url = "http://127.0.0.1:8765/images"
+        if "download" in cfg.run.stages:
+            # The download stage fetches the demo images over HTTP from this machine: serve the
+            # pool folder on 127.0.0.1 (port 8765 when free) and allow exactly that address.
+            server = _serve_demo(stack, os.path.join(out, "pool"))
+            base_url = server.url("images")
+            hosts = tuple(dict.fromkeys((*cfg.download.allow_hosts, "127.0.0.1")))
+            cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, allow_hosts=hosts))
+        return _demo_run(args, cfg, out, base_url)
+
+
+def _serve_demo(stack, pool_dir: str):
+    from pipeline.localserve import serve_folder
+
+    os.makedirs(pool_dir, exist_ok=True)
+    try:
+        return stack.enter_context(serve_folder(pool_dir, port=8765))
+    except OSError:
+        log.warning("port 8765 is busy: serving the demo images on an ephemeral port (uids depend on the URL)")
+        return stack.enter_context(serve_folder(pool_dir, port=0))
+
+
+def _demo_run(args: argparse.Namespace, cfg: PipelineConfig, out: str, base_url: str) -> int:
     import dataclasses
 
     from pipeline.demo import generate_pool, write_concepts
     from pipeline.metadata import build_metadata, write_metadata
     from pipeline.runner import describe, run_pipeline, write_resolved_config
 
-    cfg = _config(args, {"demo.rows": args.rows})
-    out = os.path.abspath(args.output)
-    pool = generate_pool(os.path.join(out, "pool"), cfg.demo, seed=cfg.seed)
+    pool = generate_pool(os.path.join(out, "pool"), cfg.demo, seed=cfg.seed, base_url=base_url)
     metadata = os.path.join(out, "metadata.json")
     if not os.path.exists(metadata):
         log.info("building demo metadata: numbers 0-99 + WordNet 3.0 lemma names (once; reused on later demos)")
