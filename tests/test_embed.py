@@ -203,14 +203,10 @@ def test_run_folder_through_cli(spark, download_run, reference, capsys):
 def test_output_types_for_spark_duckdb_pyarrow(spark, download_run):
     import duckdb
 
-    from pipeline.contracts import spark_type
+    from tests.test_schemas import assert_matches_contract
 
     data_dir = f"{download_run['root']}/embed/data"
-    contract = {c["name"]: c for c in json.loads((Path(__file__).resolve().parents[1] / "schemas" / "embed.json").read_text())["columns"]}
-    df = spark.read.parquet(data_dir)
-    assert df.columns == list(contract)
-    for f in df.schema.fields:
-        assert f.dataType.simpleString() == spark_type(contract[f.name]["type"]).simpleString()
+    assert_matches_contract(spark.read.parquet(data_dir), "embed")
     assert pq.read_table(data_dir).schema.field("image_embedding").type.value_type == pa.float32()
     dims = duckdb.sql(f"SELECT DISTINCT len(image_embedding) FROM read_parquet('{data_dir}/*.parquet')").fetchall()
     assert dims == [(32,)]

@@ -34,6 +34,7 @@ CHECKED_ELSEWHERE = {
     "prune_similarity": "tests/test_prune.py",
     "cluster_stats": "tests/test_prune.py",
     "download": "tests/test_download.py",
+    "embed": "tests/test_embed.py",
 }
 
 
