@@ -107,7 +107,7 @@ def compare(model: str, device: str, precision: str, n_images: int, batch_size: 
         shards = make_shards(os.path.join(tmp, "in"), n_images, per_shard)
         made = time.perf_counter() - t0
         alone = model_only(encoder, n_images, batch_size)
-        summary = embed_shards(shards, os.path.join(tmp, "out"), encoder, cfg, "bench", progress=False)
+        summary = embed_shards(shards, os.path.join(tmp, "out"), encoder, cfg, {s.name: "bench" for s in shards}, progress=False)
     e2e, steady = summary["images_per_s"], summary["images_per_s_after_startup"]
     name = torch_device_name(device)
     print(f"device: {name}; model {model} ({encoder.weights} weights), precision {encoder.precision}, batch {batch_size}, "
