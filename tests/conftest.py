@@ -57,3 +57,19 @@ def build_text_run(spark, tmp, columns: dict, entries: list[str], concepts: dict
     run_count(spark, run, run, cfg)
     run_balance(spark, run, None, run, cfg)
     return run
+
+
+@pytest.fixture(scope="session")
+def text_path_run(spark, tmp_path_factory):
+    """One local-mode `curate run` of the text path on a small demo pool, shared by the runner,
+    standalone-cluster and fault tests: its config, pool, run folder and a snapshot taken at once
+    (tests that rerun stages in the folder must leave it as they found it)."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+    from tests.pipeline_runs import snapshot, write_text_setup
+
+    tmp = tmp_path_factory.mktemp("text-path-run")
+    config, pool = write_text_setup(tmp, rows=150)
+    cfg = load_config(config, {"run.output": str(tmp / "run")})
+    result = run_pipeline(spark, cfg)
+    return {"tmp": tmp, "config": config, "pool": pool, "cfg": cfg, "run": tmp / "run", "result": result, "snapshot": snapshot(tmp / "run")}

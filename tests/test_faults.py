@@ -49,22 +49,20 @@ spark:
   shuffle_partitions: 4
   conf:
     spark.ui.showConsoleProgress: "false"
+    spark.driver.extraJavaOptions: "-XX:TieredStopAtLevel=1"
 run:
   input: {pool}
-  stages: [ingest, match, count, balance]
+  stages: [ingest, match]
 match:
   metadata: {tmp / "metadata.json"}
-balance:
-  t: 2000
 """)
     reference = tmp / "reference"
     run_pipeline(spark, load_config(config, {"run.output": str(reference)}))
     return {"tmp": tmp, "config": config, "reference": snapshot(reference)}
 
 
-def start_run(setup: dict, run_dir: Path, log: Path, master: str, stages: str | None = None) -> subprocess.Popen:
+def start_run(setup: dict, run_dir: Path, log: Path, master: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--config", str(setup["config"]), "--output", str(run_dir), "--master", master]
-    cmd += ["--stages", stages] if stages else []
     return subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=log.open("wb"), text=True, start_new_session=True)
 
 
@@ -142,9 +140,9 @@ def test_driver_killed_mid_stage_leaves_nothing_complete_and_the_rerun_equals_an
         end_group(rerun)
     assert rerun.returncode == 0, (setup["tmp"] / "rerun.log").read_text()[-3000:]
     assert "[complete; skipped]" in next(line for line in out.splitlines() if line.startswith("ingest:"))
-    assert complete_stages(run_dir) == ["balance", "count", "ingest", "match"]
+    assert complete_stages(run_dir) == ["ingest", "match"]
     got = snapshot(run_dir)
-    assert set(got) == {"kept", "matched", "ledger", "counts", "stats"} and got["kept"]
+    assert set(got) == {"matched", "ledger", "stats"} and got["matched"]
     assert got == setup["reference"]
 
 
@@ -152,7 +150,7 @@ def test_python_worker_killed_mid_task_is_retried_and_the_output_equals_an_unint
     run_dir = setup["tmp"] / "killed-worker"
     log = setup["tmp"] / "worker.log"
     # local[2,4]: two cores, and a task may fail up to 4 times (local mode's default is 1).
-    proc = start_run(setup, run_dir, log, "local[2,4]", stages="ingest,match")
+    proc = start_run(setup, run_dir, log, "local[2,4]")
     try:
         wait_until("match's temporary folder", lambda: list(run_dir.glob("_tmp/match-*")), proc)
         victim = wait_until("a Python worker", lambda: python_workers(proc.pid), proc)[0]
@@ -164,7 +162,6 @@ def test_python_worker_killed_mid_task_is_retried_and_the_output_equals_an_unint
     assert proc.returncode == 0, text[-3000:]
     assert "Lost task" in text, "the killed worker was not running a task"
     assert complete_stages(run_dir) == ["ingest", "match"]
-    got, want = snapshot(run_dir), setup["reference"]
-    assert got["matched"] == want["matched"] and got["matched"]
-    assert got["ledger"] == [r for r in want["ledger"] if r[0] in ("ingest", "match")]
-    assert got["stats"] == {k: want["stats"][k] for k in ("ingest", "match")}
+    got = snapshot(run_dir)
+    assert set(got) == {"matched", "ledger", "stats"} and got["matched"]
+    assert got == setup["reference"]

@@ -79,7 +79,10 @@ with DAG(
         "python": Param("python3", type="string", description="PYSPARK_PYTHON: the Python with the project installed"),
         "py_files": Param("", type="string", description="spark-submit --py-files (e.g. a zip of pipeline/ and schemas/)"),
         "jobs_dir": Param(JOBS_DIR, type="string", description="the folder holding jobs/<stage>.py"),
-        "shuffle_partitions": Param(200, type="integer", minimum=1, description="spark.sql.shuffle.partitions"),
+        "properties_file": Param(
+            "", type="string",
+            description="spark-submit --properties-file: Spark settings (spark.sql.shuffle.partitions, memory, ...)",
+        ),
     },
 ) as dag:
     chain(*[
@@ -89,7 +92,7 @@ with DAG(
             application_args=stage_args(stage),
             py_files="{{ params.py_files }}",
             env_vars={"PYSPARK_PYTHON": "{{ params.python }}"},
-            conf={"spark.sql.shuffle.partitions": "{{ params.shuffle_partitions }}"},
+            properties_file="{{ params.properties_file }}",
             trigger_rule="none_failed",
             verbose=False,
         )
