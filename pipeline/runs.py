@@ -201,6 +201,11 @@ class Run:
         and an incomplete stage is redone on the next run.
         """
         started = started or time.time()
+        # Leftovers of this stage from a run that died mid-write: never complete, now removed.
+        for name in self.fs.list(f"{self.root}/_tmp"):
+            if name.startswith(f"{stage}-"):
+                log.info("%s: removing %s/_tmp/%s left by an interrupted run", stage, self.root, name)
+                self.fs.delete(f"{self.root}/_tmp/{name}")
         tmp = f"{self.root}/_tmp/{stage}-{uuid.uuid4().hex[:12]}"
         stats: dict[str, Any] = {"stage": stage, **write(tmp)}
         for name, df in (tables or {}).items():

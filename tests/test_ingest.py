@@ -334,7 +334,12 @@ def test_stage_without_marker_is_redone(spark, tmp_path):
     run = tmp_path / "run"
     run_ingest(spark, str(pool), str(run), PipelineConfig())
     (run / "ingest" / "_COMPLETE").unlink()  # as if the driver died before the marker
+    leftover = run / "_tmp" / "ingest-0123456789ab" / "data"  # as if it died mid-write
+    leftover.mkdir(parents=True)
+    other = run / "_tmp" / "match-0123456789ab"
+    other.mkdir()
     assert not run_ingest(spark, str(pool), str(run), PipelineConfig()).skipped
+    assert not leftover.parent.exists() and other.exists()
 
 
 def test_mmc4_documents_become_image_sentence_pairs(spark, tmp_path):
