@@ -126,7 +126,7 @@ def _stage(args: argparse.Namespace, overrides: dict, runner, *inputs) -> int:
     spark = _spark(cfg)
     Run(spark, args.output).write_run_json(cfg.to_dict(), cfg.seed, [args.command, *sys.argv[1:]])
     result = runner(spark, *inputs, args.output, cfg, force=args.force)
-    print(json.dumps(result.stats, indent=2, sort_keys=True))
+    print(json.dumps(result.stats, indent=2, sort_keys=True, default=str))
     return 0
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -488,6 +488,7 @@ def _commit(run, tmp: str, shard_names: list[str], stats: dict, fingerprint: str
 
 def add_cli(subparsers: Any) -> None:
     """Register `download` on the `curate` command's subparsers."""
+    from pipeline.cli import _common
     from pipeline.config import DownloadConfig as D
 
     p = subparsers.add_parser("download", help="fetch the images of a subset with img2dataset, behind the URL guard")
@@ -510,16 +511,12 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, help="seconds per connect/read (default 10)")
     p.add_argument("--distributor", choices=D.DISTRIBUTORS, help="auto (default), multiprocessing or pyspark")
     p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    p.add_argument("--config", help="YAML config file (see configs/demo.yaml)")
-    p.add_argument("--master", help="Spark master (default local[*]; ignored under spark-submit)")
-    p.add_argument("--seed", type=int, help="random seed recorded in run.json (default 0)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _common(p)
     p.set_defaults(func=cmd_download)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from pipeline.cli import _config, _spark
-    from pipeline.runs import Run
+    from pipeline.cli import _stage
 
     overrides = {
         "download.allow_private_hosts": args.allow_private_hosts,
@@ -532,9 +529,4 @@ def cmd_download(args: argparse.Namespace) -> int:
         "download.timeout": args.timeout,
         "download.distributor": args.distributor,
     }
-    cfg = _config(args, overrides)
-    spark = _spark(cfg)
-    Run(spark, args.output).write_run_json(cfg.to_dict(), cfg.seed, [args.command, *sys.argv[1:]])
-    result = run_download(spark, args.input, args.output, cfg, force=args.force, retry_failed=args.retry_failed)
-    print(json.dumps(result.stats, indent=2, sort_keys=True, default=str))
-    return 0
+    return _stage(args, overrides, functools.partial(run_download, retry_failed=args.retry_failed), args.input)
