@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import platform
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -202,8 +203,9 @@ class Run:
         """
         started = started or time.time()
         # Leftovers of this stage from a run that died mid-write: never complete, now removed.
+        leftover = re.compile(rf"{re.escape(stage)}-[0-9a-f]{{12}}")
         for name in self.fs.list(f"{self.root}/_tmp"):
-            if name.startswith(f"{stage}-"):
+            if leftover.fullmatch(name):
                 log.info("%s: removing %s/_tmp/%s left by an interrupted run", stage, self.root, name)
                 self.fs.delete(f"{self.root}/_tmp/{name}")
         tmp = f"{self.root}/_tmp/{stage}-{uuid.uuid4().hex[:12]}"

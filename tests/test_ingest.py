@@ -338,8 +338,10 @@ def test_stage_without_marker_is_redone(spark, tmp_path):
     leftover.mkdir(parents=True)
     other = run / "_tmp" / "match-0123456789ab"
     other.mkdir()
+    parked = run / "_tmp" / "ingest-shards-1795662350917"  # not a commit folder: a stage's own
+    parked.mkdir()
     assert not run_ingest(spark, str(pool), str(run), PipelineConfig()).skipped
-    assert not leftover.parent.exists() and other.exists()
+    assert not leftover.parent.exists() and other.exists() and parked.exists()
 
 
 def test_mmc4_documents_become_image_sentence_pairs(spark, tmp_path):
