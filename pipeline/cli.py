@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pipeline import __version__
 from pipeline.config import INGEST_FORMATS, ConfigError, PipelineConfig, load_config
 from pipeline.contracts import MissingColumnsError
-from pipeline.errors import UserError
+from pipeline.errors import UserError, no_room_message
 from pipeline.match import BACKENDS, MODES
 from pipeline.metadata import MetadataError
 from pipeline.report import ReportError
@@ -223,6 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except USER_ERRORS as exc:
         print(f"curate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        message = no_room_message(exc)
+        if message is None:
+            raise
+        print(f"curate {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -208,7 +208,8 @@ def write_precomputed(path: str, cfg: EmbedConfig, out_dir: str, fingerprint: st
         x = np.asarray(block, dtype=np.float32)
         norm = np.linalg.norm(x, axis=1, keepdims=True)
         ok = np.isfinite(x).all(axis=1) & (norm[:, 0] > 0)
-        return np.where(ok[:, None], x / np.where(norm > 0, norm, 1), 0).astype(np.float32), ok
+        with np.errstate(invalid="ignore"):  # NaN/inf rows: computed, then replaced by zeros
+            return np.where(ok[:, None], x / np.where(norm > 0, norm, 1), 0).astype(np.float32), ok
 
     n, dim = img.shape
     meta = {"fingerprint": fingerprint, "dim": int(dim), "dtype": "float32", "weights": f"precomputed:{os.path.basename(path)}"}

@@ -20,6 +20,7 @@ from img2dataset.downloader import Downloader  # noqa: E402
 from img2dataset.resizer import Resizer  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline.imageio import exif_orientation  # noqa: E402
 from pipeline.urlguard import GuardPolicy, build_opener  # noqa: E402
 
 
@@ -40,24 +41,38 @@ class GuardedDownloader(Downloader):
         return super().__call__(row)
 
 
-def header_size(data: io.BytesIO) -> tuple[int, int] | str | None:
-    """(width, height) from the image header without decoding pixels; a message for a bomb; None if unknown."""
+def read_header(data: io.BytesIO) -> tuple[tuple[int, int] | str | None, int]:
+    """From the image header, without decoding pixels: (width, height), a message for a bomb or
+    None if Pillow cannot tell; and the EXIF orientation (1, upright, when there is none)."""
     data.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(data) as im:
-                return im.size
+                return im.size, exif_orientation(im)
     except Image.DecompressionBombError as exc:
-        return f"image refused before decoding: {exc}"
+        return f"image refused before decoding: {exc}", 1
     except Exception:  # noqa: BLE001 - Pillow cannot read the header: let img2dataset's decoder judge
-        return None
+        return None, 1
     finally:
         data.seek(0)
 
 
+def upright(data: io.BytesIO) -> io.BytesIO:
+    """The image turned as its EXIF orientation says, re-encoded losslessly (PNG)."""
+    from PIL import ImageOps
+
+    with Image.open(data) as im:
+        turned = ImageOps.exif_transpose(im)
+        out = io.BytesIO()
+        turned.save(out, format="PNG")
+    out.seek(0)
+    return out
+
+
 class BoundedResizer(Resizer):
-    """img2dataset's Resizer that refuses images whose header claims more than max_image_pixels.
+    """img2dataset's Resizer that refuses images whose header claims more than max_image_pixels
+    and turns EXIF-rotated images upright before resizing.
 
     OpenCV (img2dataset's decoder) would allocate width x height x channels bytes before
     finding out the data is short: a 30000 x 30000 PNG of a few kilobytes asks for 2.7 GB.
@@ -70,7 +85,7 @@ class BoundedResizer(Resizer):
     def __call__(self, img_stream, blurring_bbox_list=None):
         if img_stream.getbuffer().nbytes == 0:
             return None, None, None, None, None, "empty response (0 bytes)"
-        size = header_size(img_stream)
+        size, orientation = read_header(img_stream)
         if isinstance(size, str):
             return None, None, None, None, None, size
         if size is not None and size[0] * size[1] > self.max_image_pixels:
@@ -78,4 +93,11 @@ class BoundedResizer(Resizer):
             return None, None, None, None, None, (
                 f"image of {w}x{h} pixels exceeds max_image_pixels={self.max_image_pixels}; refused before decoding"
             )
+        if orientation != 1:
+            # img2dataset's OpenCV decoder ignores EXIF orientation: a phone photo would be
+            # stored on its side. Turn it upright first (rare, so the re-encode costs little).
+            try:
+                img_stream = upright(img_stream)
+            except Exception:  # noqa: BLE001 - undecodable: img2dataset's decoder reports why
+                img_stream.seek(0)
         return super().__call__(img_stream, blurring_bbox_list)

@@ -115,7 +115,7 @@ def write_hostile_pool(out_dir: str, base_url: str, seed: int = 0) -> HostilePoo
     row("duplicate_uid", "t-dupuid", f"{base}/good_3.jpg?d1", caption + " one")
     row("duplicate_uid", "t-dupuid", f"{base}/good_3.jpg?d2", caption + " two")
     row("duplicate_url_text", "t-dupurl-a", f"{base}/good_3.jpg?same", caption)
-    row("duplicate_url_text", "t-dupurl-b", f"{base}/good_3.jpg?same", caption)
+    row("duplicate_url_text_repeat", "t-dupurl-b", f"{base}/good_3.jpg?same", caption)
     row("missing_uid_and_url", "t-nourl", None, caption)
     # URLs the guard must refuse before any request.
     for case, url in (

@@ -2,7 +2,8 @@
 
 Geometry is open_clip's evaluation transform (resize the shortest side with bicubic, centre
 crop, convert to RGB, to tensor, normalise), step for step, so a PNG gives the very same
-pixels. JPEGs are decoded at a reduced size (Pillow's `draft`: libjpeg scales by 1/2, 1/4 or
+pixels; one addition: images stored on their side with an EXIF orientation are turned upright
+(open_clip's transform leaves them as stored). JPEGs are decoded at a reduced size (Pillow's `draft`: libjpeg scales by 1/2, 1/4 or
 1/8 inside the DCT) as long as the decoded image still covers the target size; the resize
 then maps the same source region (the box `draft` returns), so only resampling detail differs.
 
@@ -23,11 +24,27 @@ from PIL import Image
 DEFAULT_MAX_PIXELS = 89_478_485
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that turns the stored pixels upright (as browsers show them).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 
 
 class ImageDecodeError(ValueError):
     """An image that cannot be used: not an image, truncated, corrupt, too many pixels."""
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image: 1 upright (or no tag), 2-8 turned or mirrored."""
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: take the pixels as stored
+        return 1
+    return value if value in _UPRIGHT else 1
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,11 @@ def load_image(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_
         if out.mode != "RGB":
             # open_clip converts after resizing (MaybeConvertMode); same order, same pixels.
             out = out.convert("RGB")
+        orientation = exif_orientation(im)
+        if orientation != 1:
+            # Stored on its side (phone photos): turn the square crop upright. Turning commutes
+            # with the shortest-side resize and centre crop (up to a pixel of crop offset).
+            out = out.transpose(_UPRIGHT[orientation])
         return np.asarray(out, dtype=np.uint8)
     except ImageDecodeError:
         raise

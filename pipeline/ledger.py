@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipeline import reasons as R
 from pipeline.contracts import require_columns, select_contract
+from pipeline.fs import RunFS
 
 REASON = "_reason"
 DETAIL = "_detail"
@@ -46,7 +49,13 @@ def terminal_states(ledger: DataFrame, stage_order: list[str]) -> DataFrame:
 
 
 def check_accounting(spark, run_root: str, stage_order: list[str], first_stage: str = "ingest") -> dict:
-    """Every input uid has exactly one terminal state, and the last stage's kept uids are its output.
+    """The run's accounting invariant over the chain of stages `stage_order`:
+
+    - every uid entering `first_stage` has exactly one terminal state (its last ledger row);
+    - each stage decides exactly the uids the stage before it kept (nothing appears from
+      nowhere, nothing dropped comes back, nothing kept is forgotten);
+    - the uids kept at the end are exactly the last stage's output;
+    - each stage's stats.json counts (rows in, kept, dropped per reason) equal its ledger's.
 
     Returns a summary; raises AssertionError naming the broken rule.
     """
@@ -59,6 +68,15 @@ def check_accounting(spark, run_root: str, stage_order: list[str], first_stage: 
     n_terminal = terminal.count()
     if n_terminal != n_inputs:
         raise AssertionError(f"{n_terminal} uids have a terminal state but {n_inputs} entered {first_stage}")
+    for before, stage in itertools.pairwise(stage_order):
+        decided = ledger.where(F.col("stage") == stage).select("uid")
+        handed = ledger.where((F.col("stage") == before) & (F.col("decision") == "kept")).select("uid")
+        extra, lost = decided.exceptAll(handed).count(), handed.exceptAll(decided).count()
+        if extra or lost:
+            raise AssertionError(
+                f"{stage} decided {extra} uids that {before} did not keep and missed {lost} that it kept"
+            )
+    _check_stats(RunFS(spark), run_root, ledger, stage_order)
     last = stage_order[-1]
     stray = terminal.where((F.col("decision") == "kept") & (F.col("stage") != last)).count()
     if stray:
@@ -71,3 +89,19 @@ def check_accounting(spark, run_root: str, stage_order: list[str], first_stage: 
     ledger.unpersist()
     terminal.unpersist()
     return {"inputs": n_inputs, "kept": n_inputs - sum(by.values()), "dropped": {f"{s}/{r}": n for (s, r), n in sorted(by.items())}}
+
+
+def _check_stats(fs: RunFS, run_root: str, ledger: DataFrame, stage_order: list[str]) -> None:
+    """Each stage's stats.json counts equal its ledger rows."""
+    counted: dict[str, dict] = {s: {"kept": 0, "dropped": {}} for s in stage_order}
+    for r in ledger.groupBy("stage", "decision", "reason").count().collect():
+        if r["decision"] == "kept":
+            counted[r["stage"]]["kept"] += r["count"]
+        else:
+            counted[r["stage"]]["dropped"][r["reason"]] = r["count"]
+    for stage, c in counted.items():
+        stats = fs.read_json(f"{run_root}/{stage}/stats.json")
+        claimed = {"rows_in": stats.get("rows_in"), "kept": stats.get("kept"), "dropped": stats.get("dropped")}
+        actual = {"rows_in": c["kept"] + sum(c["dropped"].values()), "kept": c["kept"], "dropped": c["dropped"]}
+        if claimed != actual:
+            raise AssertionError(f"{stage}/stats.json says {claimed} but its ledger has {actual}")

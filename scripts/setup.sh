@@ -56,6 +56,25 @@ if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/pyproject.toml" ] && [ "$STAMP" -nt 
   exit 0
 fi
 
+# Airflow (the [airflow] extra) in its own environment: its Spark provider requires
+# pyspark-client, which would overwrite the modules of the pyspark in .venv. The DAG needs
+# only Airflow; the Spark jobs it submits run in .venv's Python (PYSPARK_PYTHON).
+# It installs in the background while the main environment installs (both mostly wait on
+# downloads); its output goes to a log shown only when it fails.
+AIRFLOW_VENV="${AIRFLOW_VENV:-$ROOT/.venv-airflow}"
+install_airflow() {
+  if [ ! -x "$AIRFLOW_VENV/bin/python" ]; then "$PYTHON" -m venv "$AIRFLOW_VENV"; fi
+  local reqs
+  # The extra's one-line list in pyproject.toml (no tomllib: Python 3.10 lacks it).
+  mapfile -t reqs < <("$PYTHON" -c 'import ast, re, sys; m = re.search(r"^airflow = (\[.*?\])$", open(sys.argv[1]).read(), re.M); print("\n".join(ast.literal_eval(m.group(1))))' "$ROOT/pyproject.toml")
+  PIP_FIND_LINKS= "$AIRFLOW_VENV/bin/pip" install -q "${reqs[@]}"
+  "$AIRFLOW_VENV/bin/python" -c "import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit"
+}
+AIRFLOW_LOG="$(mktemp -t curate-airflow-setup.XXXXXX)"
+log "installing the [airflow] extra into $AIRFLOW_VENV (in the background)"
+install_airflow >"$AIRFLOW_LOG" 2>&1 &
+AIRFLOW_PID=$!
+
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtual environment in $VENV"
   "$PYTHON" -m venv "$VENV"
@@ -67,20 +86,12 @@ PIP_FIND_LINKS= "$VENV/bin/pip" install -q -e "$ROOT[dev]" $TORCH_PAIR
 "$VENV/bin/python" -c "import torch, torchvision, open_clip, pyspark, faiss" \
   || { log "the environment does not import; see the errors above"; exit 1; }
 
-# Airflow (the [airflow] extra) in its own environment: its Spark provider requires
-# pyspark-client, which would overwrite the modules of the pyspark in .venv. The DAG needs
-# only Airflow; the Spark jobs it submits run in .venv's Python (PYSPARK_PYTHON).
-AIRFLOW_VENV="${AIRFLOW_VENV:-$ROOT/.venv-airflow}"
-if [ ! -x "$AIRFLOW_VENV/bin/python" ]; then
-  log "creating the Airflow environment in $AIRFLOW_VENV"
-  "$PYTHON" -m venv "$AIRFLOW_VENV"
+if ! wait "$AIRFLOW_PID"; then
+  cat "$AIRFLOW_LOG" >&2
+  log "the Airflow environment did not install or does not import; see the errors above"
+  exit 1
 fi
-AIRFLOW_REQS="$("$VENV/bin/python" -c 'import tomllib, sys; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["airflow"]))' "$ROOT/pyproject.toml")"
-log "installing the [airflow] extra into $AIRFLOW_VENV"
-mapfile -t AIRFLOW_REQ_LIST <<< "$AIRFLOW_REQS"
-PIP_FIND_LINKS= "$AIRFLOW_VENV/bin/pip" install -q "${AIRFLOW_REQ_LIST[@]}"
-"$AIRFLOW_VENV/bin/python" -c "import airflow.sdk, airflow.providers.apache.spark.operators.spark_submit" \
-  || { log "the Airflow environment does not import; see the errors above"; exit 1; }
+rm -f "$AIRFLOW_LOG"
 
 touch "$STAMP"
 log "ready: $VENV (and $AIRFLOW_VENV)"

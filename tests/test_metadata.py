@@ -98,6 +98,23 @@ def test_wordnet_lemmas_read_for_real(lemmas):
     assert "galore" in got and not any(x.endswith(("(a)", "(p)", "(ip)")) for x in lemmas)
 
 
+def test_wordnet_data_file_reader_gives_nltks_names(lemmas):
+    """The project reads the data files itself (a second, not nltk's minute): same synsets, same
+    lemma names, and nltk's synset id is the first name lower-cased. Checked on a seeded sample."""
+    import random
+
+    from pipeline.metadata import open_wordnet, wordnet_synsets
+
+    synsets = list(wordnet_synsets(WORDNET_DIR))
+    assert len(synsets) == 117_659
+    tag = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
+    with open_wordnet(WORDNET_DIR) as wn:
+        for pos, offset, names in random.Random(0).sample(synsets, 400):
+            synset = wn.synset_from_pos_and_offset(tag[pos], offset)
+            assert synset.lemma_names() == names
+            assert synset.name().rsplit(".", 2)[0] == names[0].lower()
+
+
 @pytest.mark.slow
 def test_wordnet_synset_names_are_metaclips_list(lemmas):
     names = wordnet_lemmas(WORDNET_DIR, source="synset-names")

@@ -1,5 +1,5 @@
 """Static safety rules over the project's own code: no unpickling of user files, no unsafe YAML,
-no shell strings. Each rule is an AST check, so a comment or a string mentioning a call does not count."""
+no shell strings, no archive members written to disk by their own names. Each rule is an AST check, so a comment or a string mentioning a call does not count."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def _true(node) -> bool:
     return isinstance(node, ast.Constant) and node.value is True
 
 
+def _archive(func: ast.AST, name: str) -> bool:
+    """Whether a call's object looks like a tar or zip archive: `tar.x`, `tarfile.open(p).x`."""
+    if any(word in name.lower() for word in ("tar", "zip", "archive")):
+        return True
+    owner = getattr(func, "value", None)
+    return isinstance(owner, ast.Call) and _name(owner.func).startswith(("tarfile.", "zipfile."))
+
+
 def violations(source: str, path: str = "<src>") -> list[str]:
     out = []
     tree = ast.parse(source, path)
@@ -55,6 +63,9 @@ def violations(source: str, path: str = "<src>") -> list[str]:
             out.append(f"{where}: {name}(shell=True)")
         if name in ("os.system", "os.popen", "eval", "exec"):
             out.append(f"{where}: {name}")
+        if last in ("extract", "extractall") and _archive(node.func, name):
+            # Member names are untrusted (../, absolute paths): read members with extractfile.
+            out.append(f"{where}: {name} writes archive members to disk by their names")
     return out
 
 
@@ -68,9 +79,11 @@ torch.load(path, weights_only=False)
 yaml.load(text)
 subprocess.run(f"spark-submit {x}", shell=True)
 os.system("rm " + p)
+tar.extractall(out_dir)
+tarfile.open(p).extract(member, out_dir)
 """
     found = violations(bad)
-    assert len(found) == 7, found
+    assert len(found) == 9, found
     good = """
 import numpy as np, torch, yaml, subprocess
 np.load(f)
@@ -78,6 +91,7 @@ np.load(f, allow_pickle=False)
 torch.load(path, weights_only=True, map_location="cpu")
 yaml.safe_load(text)
 subprocess.run(["spark-submit", x], check=True)
+tar.extractfile(member).read()
 """
     assert violations(good) == []
 
