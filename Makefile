@@ -14,7 +14,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check pipeline jobs schemas tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline jobs schemas tests bench
