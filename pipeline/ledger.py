@@ -60,14 +60,34 @@ def check_accounting(spark, run_root: str, stage_order: list[str], first_stage: 
     Returns a summary; raises AssertionError naming the broken rule.
     """
     ledger = read_ledger(spark, run_root, stage_order).cache()
+    terminal = terminal_states(ledger, stage_order).cache()
+    try:  # a failed rule must not leave the cached (possibly stale) ledger behind for the next check
+        n_inputs = _check_inputs(ledger, terminal, first_stage)
+        _check_chain(ledger, stage_order)
+        _check_stats(RunFS(spark), run_root, ledger, stage_order)
+        _check_output(spark, run_root, terminal, stage_order[-1])
+        dropped = terminal.where("decision = 'dropped'").groupBy("stage", "reason").count().collect()
+    finally:
+        ledger.unpersist()
+        terminal.unpersist()
+    by = {(r["stage"], r["reason"]): r["count"] for r in dropped}
+    return {"inputs": n_inputs, "kept": n_inputs - sum(by.values()), "dropped": {f"{s}/{r}": n for (s, r), n in sorted(by.items())}}
+
+
+def _check_inputs(ledger: DataFrame, terminal: DataFrame, first_stage: str) -> int:
+    """Input uids are unique and each has one terminal state; returns their number."""
     inputs = ledger.where(F.col("stage") == first_stage).select("uid")
     n_inputs = inputs.count()
     if inputs.distinct().count() != n_inputs:
         raise AssertionError(f"{first_stage} ledger has repeated uids")
-    terminal = terminal_states(ledger, stage_order).cache()
     n_terminal = terminal.count()
     if n_terminal != n_inputs:
         raise AssertionError(f"{n_terminal} uids have a terminal state but {n_inputs} entered {first_stage}")
+    return n_inputs
+
+
+def _check_chain(ledger: DataFrame, stage_order: list[str]) -> None:
+    """Each stage decides exactly the uids the stage before it kept."""
     for before, stage in itertools.pairwise(stage_order):
         decided = ledger.where(F.col("stage") == stage).select("uid")
         handed = ledger.where((F.col("stage") == before) & (F.col("decision") == "kept")).select("uid")
@@ -76,8 +96,10 @@ def check_accounting(spark, run_root: str, stage_order: list[str], first_stage: 
             raise AssertionError(
                 f"{stage} decided {extra} uids that {before} did not keep and missed {lost} that it kept"
             )
-    _check_stats(RunFS(spark), run_root, ledger, stage_order)
-    last = stage_order[-1]
+
+
+def _check_output(spark, run_root: str, terminal: DataFrame, last: str) -> None:
+    """The uids kept at the end are exactly the last stage's output."""
     stray = terminal.where((F.col("decision") == "kept") & (F.col("stage") != last)).count()
     if stray:
         raise AssertionError(f"{stray} uids were kept by an earlier stage but never reached {last}")
@@ -85,10 +107,6 @@ def check_accounting(spark, run_root: str, stage_order: list[str], first_stage: 
     output = spark.read.parquet(f"{run_root}/{last}/data").select("uid")
     if kept.exceptAll(output).count() or output.exceptAll(kept).count():
         raise AssertionError(f"kept uids in the ledger differ from {last}'s output")
-    by = {(r["stage"], r["reason"]): r["count"] for r in terminal.where("decision = 'dropped'").groupBy("stage", "reason").count().collect()}
-    ledger.unpersist()
-    terminal.unpersist()
-    return {"inputs": n_inputs, "kept": n_inputs - sum(by.values()), "dropped": {f"{s}/{r}": n for (s, r), n in sorted(by.items())}}
 
 
 def _check_stats(fs: RunFS, run_root: str, ledger: DataFrame, stage_order: list[str]) -> None:

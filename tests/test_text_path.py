@@ -250,6 +250,26 @@ def test_accounting_holds_after_the_text_path_and_catches_a_lost_row(spark, tmp_
     summary = check_accounting(spark, run, ["ingest", "match", "balance"])
     assert summary["inputs"] == 6
     assert summary["dropped"]["ingest/empty_text"] == 1 and summary["dropped"]["match/no_concept_match"] == 1
+    # A stats.json that disagrees with its ledger: the check must notice.
+    stats_path = tmp_path / "run" / "match" / "stats.json"
+    honest = stats_path.read_text()
+    (stats_path.parent / ".stats.json.crc").unlink(missing_ok=True)  # Hadoop's checksum of the old bytes
+    stats_path.write_text(json.dumps({**json.loads(honest), "kept": json.loads(honest)["kept"] + 1}))
+    with pytest.raises(AssertionError, match="match/stats.json says"):
+        check_accounting(spark, run, ["ingest", "match", "balance"])
+    stats_path.write_text(honest)
+    # A uid match dropped that comes back in balance's ledger: noticed.
+    ledger = tmp_path / "run" / "decisions" / "stage=balance"
+    rows = pq.read_table(ledger)
+    dropped = pq.read_table(tmp_path / "run" / "decisions" / "stage=match", filters=[("decision", "=", "dropped")])
+    revived = pa.concat_tables([rows, dropped.slice(0, 1).select(rows.column_names).cast(rows.schema)])
+    for f in ledger.glob("*.parquet"):
+        f.unlink()
+    pq.write_table(revived, ledger / "part-0.parquet")
+    with pytest.raises(AssertionError, match="balance decided 1 uids that match did not keep and missed 0"):
+        check_accounting(spark, run, ["ingest", "match", "balance"])
+    (ledger / "part-0.parquet").unlink()
+    pq.write_table(rows, ledger / "part-0.parquet")
     # Remove one kept row from the final output: the check must notice.
     data = tmp_path / "run" / "balance" / "data"
     table = pq.read_table(data)
