@@ -2,10 +2,11 @@
 
 Geometry is open_clip's evaluation transform (resize the shortest side with bicubic, centre
 crop, convert to RGB, to tensor, normalise), step for step, so a PNG gives the very same
-pixels; one addition: images stored on their side with an EXIF orientation are turned upright
-(open_clip's transform leaves them as stored). JPEGs are decoded at a reduced size (Pillow's `draft`: libjpeg scales by 1/2, 1/4 or
-1/8 inside the DCT) as long as the decoded image still covers the target size; the resize
-then maps the same source region (the box `draft` returns), so only resampling detail differs.
+pixels; one addition: images stored on their side with an EXIF orientation are turned
+upright (open_clip's transform leaves them as stored). JPEGs are decoded at a reduced size
+(Pillow's `draft`: libjpeg scales by 1/2, 1/4 or 1/8 inside the DCT) as long as the decoded
+image still covers the target size; the resize then maps the same source region (the box
+`draft` returns), so only resampling detail differs.
 
 Workers return uint8 HWC arrays (4x smaller than float tensors through shared memory); the
 float conversion and normalisation (`normalize`) run on the model's device.

@@ -88,10 +88,10 @@ def wordnet_lemmas(wordnet_dir: str | None = None, source: str = "lemmas") -> li
     """All lemma names of all WordNet 3.0 synsets, '_' turned into spaces, case kept, sorted.
 
     Read from a WordNet database folder (default: Debian's `wordnet-base` at
-    /usr/share/wordnet), the names nltk's reader gives. Nothing is downloaded. WordNet 3.0 gives 117,659
-    synsets and 148,730 strings. MetaCLIP's build_metadata.py kept only each synset's name,
-    its first lemma lower-cased (86,555 strings, "new york"); this keeps every lemma with
-    WordNet's case ("New York", "Carassius auratus", "dog"). `source="synset-names"` gives
+    /usr/share/wordnet); the names are nltk's reader's. Nothing is downloaded. WordNet 3.0
+    gives 117,659 synsets and 148,730 strings. MetaCLIP's build_metadata.py kept only each
+    synset's name, its first lemma lower-cased (86,571 strings here, "new york"); this keeps
+    every lemma with WordNet's case ("New York", "Carassius auratus", "dog"). `source="synset-names"` gives
     MetaCLIP's list instead: the head word of each synset id ("new york" from new_york.n.01).
     """
     if source not in WORDNET_SOURCES:
@@ -131,7 +131,7 @@ def wordnet_synsets(wordnet_dir: str | None = None) -> Iterator[tuple[str, int, 
             for line in fh:
                 if line.startswith(" "):
                     continue
-                fields = line.split(" ", 4 + 2 * 255)
+                fields = line.split(" ")
                 n = int(fields[3], 16)
                 yield pos, int(fields[0]), [_ADJ_MARKER.sub("", w) for w in fields[4 : 4 + 2 * n : 2]]
 
