@@ -14,10 +14,12 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +90,24 @@ def register_model_configs() -> None:
     """Make the project's model configs (tiny-clip, for tests and the demo) known to open_clip."""
     import open_clip
 
-    if not any(Path(p) == MODEL_CONFIGS for p in getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", [])):
-        open_clip.add_model_config(MODEL_CONFIGS)
+    folder = model_config_dir()
+    if not any(Path(p) == folder for p in getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", [])):
+        open_clip.add_model_config(folder)
+
+
+@lru_cache(maxsize=1)
+def model_config_dir() -> Path:
+    """The folder of the project's model configs. open_clip reads configs from a folder, so when
+    the package runs from a zip (spark-submit --py-files) they are copied to a temporary one."""
+    if MODEL_CONFIGS.is_dir():
+        return MODEL_CONFIGS
+    from importlib import resources
+
+    out = Path(tempfile.mkdtemp(prefix="curate-model-configs-"))
+    for entry in resources.files("pipeline").joinpath("model_configs").iterdir():
+        if entry.name.endswith(".json"):
+            (out / entry.name).write_bytes(entry.read_bytes())
+    return out
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -83,3 +84,13 @@ def child_env(**extra: str) -> dict[str, str]:
     env.update({"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
     env.update(extra)
     return env
+
+
+def package_zip(path: Path) -> Path:
+    """The project's code as spark-submit --py-files takes it: `pipeline` and `schemas` in one zip."""
+    with zipfile.ZipFile(path, "w") as z:
+        for package in ("pipeline", "schemas"):
+            for f in sorted((ROOT / package).rglob("*")):
+                if f.is_file() and "__pycache__" not in f.parts:
+                    z.write(f, f.relative_to(ROOT))
+    return path

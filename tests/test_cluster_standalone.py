@@ -11,12 +11,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.pipeline_runs import ROOT, child_env, complete_stages, snapshot
+from tests.pipeline_runs import ROOT, child_env, complete_stages, package_zip, snapshot
 
 pytestmark = pytest.mark.slow
 # The JVM's quick (C1) compiler only: a third less CPU on jobs this short.
@@ -98,16 +97,6 @@ def standalone(tmp_path_factory):
         yield {"master": f"spark://127.0.0.1:{port}", "webui": webui, "env": env, "work": tmp / "work"}
     finally:
         stop(procs)
-
-
-def package_zip(path: Path) -> Path:
-    """The project's code as spark-submit --py-files takes it: `pipeline` and `schemas` in one zip."""
-    with zipfile.ZipFile(path, "w") as z:
-        for package in ("pipeline", "schemas"):
-            for f in sorted((ROOT / package).rglob("*")):
-                if f.is_file() and "__pycache__" not in f.parts:
-                    z.write(f, f.relative_to(ROOT))
-    return path
 
 
 def test_text_path_on_a_standalone_cluster_equals_local_mode(standalone, text_path_run, tmp_path):

@@ -388,3 +388,27 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys, download_run):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint not found" in err and "nope.pt" in err
+
+
+def test_model_configs_load_when_the_package_runs_from_a_zip(tmp_path):
+    """Under spark-submit --py-files the package is a zip: tiny-clip's config still reaches open_clip."""
+    import subprocess
+    import sys
+
+    from tests.pipeline_runs import child_env, package_zip
+
+    zipped = package_zip(tmp_path / "curate.zip")
+    script = (
+        "import json, open_clip, pipeline\n"
+        "from pipeline.embed_kernel import model_config_dir, register_model_configs\n"
+        "register_model_configs()\n"
+        "model = open_clip.create_model('tiny-clip')\n"
+        "print(json.dumps({'package': pipeline.__file__, 'configs': str(model_config_dir()),"
+        " 'params': sum(p.numel() for p in model.parameters())}))\n"
+    )
+    env = {**child_env(), "PYTHONPATH": str(zipped)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["package"].startswith(str(zipped)) and not got["configs"].startswith(str(zipped))
+    assert got["params"] > 0
