@@ -20,7 +20,7 @@ from img2dataset.downloader import Downloader  # noqa: E402
 from img2dataset.resizer import Resizer  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.imageio import exif_orientation  # noqa: E402
+from pipeline.imageio import exif_orientation, turn_upright  # noqa: E402
 from pipeline.urlguard import GuardPolicy, build_opener  # noqa: E402
 
 
@@ -58,14 +58,11 @@ def read_header(data: io.BytesIO) -> tuple[tuple[int, int] | str | None, int]:
         data.seek(0)
 
 
-def upright(data: io.BytesIO) -> io.BytesIO:
+def upright(data: io.BytesIO, orientation: int) -> io.BytesIO:
     """The image turned as its EXIF orientation says, re-encoded losslessly (PNG)."""
-    from PIL import ImageOps
-
+    out = io.BytesIO()
     with Image.open(data) as im:
-        turned = ImageOps.exif_transpose(im)
-        out = io.BytesIO()
-        turned.save(out, format="PNG")
+        turn_upright(im, orientation).save(out, format="PNG")
     out.seek(0)
     return out
 
@@ -97,7 +94,7 @@ class BoundedResizer(Resizer):
             # img2dataset's OpenCV decoder ignores EXIF orientation: a phone photo would be
             # stored on its side. Turn it upright first (rare, so the re-encode costs little).
             try:
-                img_stream = upright(img_stream)
+                img_stream = upright(img_stream, orientation)
             except Exception:  # noqa: BLE001 - undecodable: img2dataset's decoder reports why
                 img_stream.seek(0)
         return super().__call__(img_stream, blurring_bbox_list)

@@ -48,6 +48,11 @@ def exif_orientation(im: Image.Image) -> int:
     return value if value in _UPRIGHT else 1
 
 
+def turn_upright(im: Image.Image, orientation: int) -> Image.Image:
+    """The image as its EXIF `orientation` says it is shown (unchanged for 1, upright)."""
+    return im.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else im
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """What the model expects: square `size`, resize mode, interpolation, mean and std."""
@@ -135,11 +140,9 @@ def load_image(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_
         if out.mode != "RGB":
             # open_clip converts after resizing (MaybeConvertMode); same order, same pixels.
             out = out.convert("RGB")
-        orientation = exif_orientation(im)
-        if orientation != 1:
-            # Stored on its side (phone photos): turn the square crop upright. Turning commutes
-            # with the shortest-side resize and centre crop (up to a pixel of crop offset).
-            out = out.transpose(_UPRIGHT[orientation])
+        # Stored on its side (phone photos): turn the square crop upright. Turning commutes
+        # with the shortest-side resize and centre crop (up to a pixel of crop offset).
+        out = turn_upright(out, exif_orientation(im))
         return np.asarray(out, dtype=np.uint8)
     except ImageDecodeError:
         raise
