@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint mutate bench clean
 
 # setup.sh is idempotent: it checks Java and WordNet, and reinstalls only when
 # pyproject.toml or the script changed since the last install.
@@ -15,6 +15,11 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check pipeline jobs schemas tests bench
 	$(PY) -m pytest -q --durations=25
+
+# Small deliberate bugs in the kernels, each run against the tests that cover its module
+# (bench/mutate.py; about half an hour, so not part of `make test`).
+mutate: setup
+	$(PY) bench/mutate.py
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline jobs schemas tests bench

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("metaclip", "case_insensitive")
 BACKENDS = ("ahocorasick_rs", "pyahocorasick")
+# The marks MetaCLIP wraps in spaces; pipeline.metadata tokenises with them too, so this module
+# must not import metadata.
 WRAPPED = ",.;:?!`"
 _SPACING = str.maketrans({**{c: f" {c} " for c in WRAPPED}, "\t": " ", "\n": " ", "\r": " "})
 # Captions are joined with this separator for one automaton pass per batch. Spacing turns

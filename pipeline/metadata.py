@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
+from pipeline.match import WRAPPED
+
 log = logging.getLogger(__name__)
 
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
@@ -47,9 +49,8 @@ _WORDNET_FILES = tuple(f"{kind}.{pos}" for kind in ("data", "index") for pos in 
     f"{pos}.exc" for pos in _POS_FILES
 )
 
-# The characters MetaCLIP's matcher pads with spaces (see MISSION.md, matching semantics).
-WRAPPED_PUNCTUATION = ",.;:?!`"
-_WRAPPED_SPLIT = re.compile("[" + re.escape(WRAPPED_PUNCTUATION) + "]")
+# The matcher's wrapped marks split tokens, so that every n-gram built here can match a text.
+_WRAPPED_SPLIT = re.compile("[" + re.escape(WRAPPED) + "]")
 _PUNCTUATION = frozenset(string.punctuation)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.config import STAGES
+
 log = logging.getLogger(__name__)
 
 # Buckets by the cumulative share of matches *before* a concept (concepts in rank order):
@@ -37,7 +39,8 @@ STEPS = (
     ("deduplicated", "prune", "semantic_duplicate"),
     ("pruned", "prune", None),
 )
-STAGE_ORDER = ("ingest", "match", "count", "balance", "download", "embed", "cluster", "prune")
+# The stages whose stats the report reads, in pipeline order: every stage but the report itself.
+STAGE_ORDER = tuple(s for s in STAGES if s != "report")
 RAREST_LISTED = 25
 
 

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline.config import IngestConfig
+from pipeline.imageshards import IMAGE_EXTS
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ KEY_ALIASES = ("key", "id", "sample_id", "__index_level_0__")
 WIDTH_ALIASES = ("width", "original_width", "image_width")
 HEIGHT_ALIASES = ("height", "original_height", "image_height")
 SCORE_PATTERN = re.compile(r"(similarity|score|_sim$)", re.IGNORECASE)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
 CORRUPT = "_corrupt_record"
 EXTRA_COLUMNS = ("width", "height", "image_ref", "source_key", "license")
 

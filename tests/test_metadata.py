@@ -11,6 +11,7 @@ import os
 import pytest
 
 from pipeline import metadata
+from pipeline.match import Matcher
 from pipeline.metadata import (
     Concepts,
     MetadataError,
@@ -167,6 +168,36 @@ def test_corpus_bigrams_with_rare_pairs_allowed(corpus):
     assert bigrams == ["I love", "is big", "love new", "new york", "price 3", "york is"]
     _, bigrams = corpus_ngrams(corpus, 100, min_bigram_pmi=2.0, min_bigram_count=1)
     assert bigrams == ["I love", "is big", "price 3"]
+
+
+# MISSION.md's wrapped marks, written out (not taken from pipeline): each splits tokens and ends a run.
+WRAPPED_MARKS = [
+    pytest.param(",", id="comma"),
+    pytest.param(".", id="period"),
+    pytest.param(";", id="semicolon"),
+    pytest.param(":", id="colon"),
+    pytest.param("?", id="question"),
+    pytest.param("!", id="exclamation"),
+    pytest.param("`", id="backtick"),
+]
+
+
+@pytest.mark.parametrize("mark", WRAPPED_MARKS)
+def test_corpus_wrapped_marks_split_tokens_and_bigrams(tmp_path, mark):
+    path = write(tmp_path, "c.txt", f"red{mark}green blue\n")
+    unigrams, bigrams = corpus_ngrams([path], 1, min_bigram_pmi=-100.0, min_bigram_count=1)
+    assert unigrams == ["blue", "green", "red"]
+    assert bigrams == ["green blue"]  # "red green" spans the mark: the matcher never sees it
+    # Every n-gram built from the line matches that line.
+    assert Matcher(unigrams + bigrams).match(f"red{mark}green blue") == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("mark", ["-", "(", "'", "/", "\uff0c"])
+def test_corpus_other_marks_stay_in_tokens(tmp_path, mark):
+    path = write(tmp_path, "c.txt", f"red{mark}green blue\n")
+    unigrams, bigrams = corpus_ngrams([path], 1, min_bigram_pmi=-100.0, min_bigram_count=1)
+    assert unigrams == ["blue", f"red{mark}green"]
+    assert bigrams == [f"red{mark}green blue"]
 
 
 def test_corpus_errors(tmp_path):
