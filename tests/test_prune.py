@@ -43,14 +43,64 @@ def test_blocked_max_similarity_equals_the_quadratic_reference(block):
     ref_best, ref_arg = reference_max_sim(x)
     assert best[0] == -np.inf and arg[0] == -1
     np.testing.assert_allclose(best[1:], np.array(ref_best[1:]), atol=1e-5)
+    # These vectors have no near tie (for every j the two best earlier members differ by more than
+    # float32's error), so the argmax is unambiguous and must be the reference's; exact ties are
+    # pinned on exactly representable vectors below.
     sims = x.astype(np.float64) @ x.astype(np.float64).T
-    for j in range(1, 150):
-        # same member, or an exact tie within float32 rounding
-        assert arg[j] == ref_arg[j] or abs(sims[arg[j], j] - sims[ref_arg[j], j]) < 1e-5
+    assert min(np.diff(np.sort(sims[j, :j])[-2:])[0] for j in range(2, 150)) > 1e-5
+    assert arg.tolist() == ref_arg
     dup = semantic_duplicates(best, EPS)
     ref_dup = np.array([b is not None and b > 1 - EPS for b in ref_best])
     np.testing.assert_array_equal(dup, ref_dup)
     assert dup.sum() >= 20  # the planted copies are found
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 1000])
+def test_exact_ties_go_to_the_earliest_member_in_and_across_blocks(block):
+    """Small-integer rows: every dot product is exact in float32, so ties are real ties, and the
+    first earlier member attaining the maximum must win wherever the blocks fall."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2, 3, size=(60, 6))
+    x[30:] = x[rng.integers(0, 30, 30)]  # copies of earlier rows: more ties at the maximum
+    best, arg = max_similarity_to_earlier(x.astype(np.float32), block_size=block)
+    ref_best, ref_arg, ties = [-np.inf], [-1], 0
+    for j in range(1, 60):
+        dots = [int(x[i] @ x[j]) for i in range(j)]
+        ref_best.append(max(dots))
+        ref_arg.append(dots.index(max(dots)))  # the first i attaining it
+        ties += dots.count(max(dots)) > 1
+    assert best.tolist() == ref_best and arg.tolist() == ref_arg
+    assert ties >= 10  # the rule is exercised, not just the maxima
+
+
+def test_tied_members_resolve_in_the_documented_order():
+    """Farthest first, equal distances by uid ascending; the earliest in that order wins a tie."""
+    uids = ["m", "k", "n", "j", "z", "a"]
+    dist = np.array([0.2, 0.5, 0.2, 0.5, 0.9, 0.1])
+    x = np.array([[2, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 5], [3, 0, 0], [0, 0, 1]], np.float32)
+    for block in (1, 2, 10):
+        out = dedup_cluster(uids, dist, x, block_size=block)
+        # order z j k m n a: z = m = n = e0, j = a = e2, k = e1
+        assert out["index"].tolist() == [4, 3, 1, 0, 2, 5]
+        np.testing.assert_array_equal(out["max_sim_earlier"], [np.nan, 0.0, 0.0, 1.0, 1.0, 1.0])
+        # k ties z and j at 0 (one block when B = 2); n ties z and m at 1 (three blocks when B = 2)
+        assert out["most_similar"].tolist() == [-1, 4, 4, 4, 4, 3], block
+
+
+def test_semdedup_boundary_similarity_exactly_one_minus_eps_is_kept():
+    """A duplicate needs cos > 1 - eps: 0.75 at eps 0.25 is not one, the next float32 up is."""
+    above = float(np.nextafter(np.float32(0.75), np.float32(1.0)))
+    sims = np.array([np.nan, 0.75, above, 0.5, -np.inf, 1.0], np.float32)
+    assert semantic_duplicates(sims, 0.25).tolist() == [False, False, True, False, False, True]
+    # end to end on vectors whose normalised cosines are exact in float32: |(3,2,1,1,1)| = 4
+    x = np.array([[2, 0, 0, 0, 0], [3, 2, 1, 1, 1], [0, 1, 0, 0, 0]], np.float32)
+    out = dedup_cluster(["a", "b", "c"], np.array([0.3, 0.2, 0.1]), x, block_size=2)
+    np.testing.assert_array_equal(out["max_sim_earlier"], [np.nan, 0.75, 0.5])  # c: 0.5 with b
+    assert out["most_similar"].tolist() == [-1, 0, 1]
+    assert semantic_duplicates(out["max_sim_earlier"], 0.25).tolist() == [False, False, False]
+    assert semantic_duplicates(out["max_sim_earlier"], 0.25 + 2**-20).tolist() == [False, True, False]
+    assert semantic_duplicates(out["max_sim_earlier"], 0.5).tolist() == [False, True, False]
+    assert semantic_duplicates(out["max_sim_earlier"], 0.5 + 2**-20).tolist() == [False, True, True]
 
 
 def test_chain_keeps_only_its_head():
@@ -86,6 +136,44 @@ def test_inter_cluster_distance_equals_brute_force():
         cn = c / np.linalg.norm(c, axis=1, keepdims=True)
         ref = [np.mean(sorted(1 - cn[i] @ cn[j] for j in range(30) if j != i)[: min(k, 29)]) for i in range(30)]
         np.testing.assert_allclose(got, ref, atol=1e-12)
+
+
+def reference_dbp(n, d_intra, d_inter, keep: float, tau: float = 0.5, floor_ratio: float = 0.0) -> list[int]:
+    """Stage 9's DBP quotas written out from the definition (MISSION.md, Abbas et al. 2024).
+
+    Over the K clusters with members: C_j = d_inter * d_intra, P = softmax(C / tau),
+    N' = round(keep * N) with halves up, lb_j = min(floor(floor_ratio * N' / K), n_j - 1) and >= 0,
+    x_j = clip(N' P_j + nu, lb_j, n_j) with sum x = N'; then floors, and the remainder one each to
+    the largest fractional parts, ties to the lower cluster index.
+    """
+    n = np.asarray(n, np.int64)
+    live = n > 0
+    total = int(np.floor(keep * n.sum() + 0.5))
+    z = np.where(live, np.asarray(d_inter, float) * np.asarray(d_intra, float) / tau, -np.inf)
+    e = np.exp(z - z[live].max())
+    t = total * e / e.sum()
+    lb = np.maximum(np.minimum(np.floor(floor_ratio * total / live.sum()), n - 1), 0).astype(float)
+    ub = n.astype(float)
+
+    def filled(nu: float) -> float:
+        return float(np.clip(t + nu, lb, ub).sum())
+
+    # sum_j clip(t_j + nu, lb_j, n_j) is piecewise linear and non-decreasing in nu with kinks at
+    # lb_j - t_j and n_j - t_j: find the kink interval where it reaches N' and interpolate.
+    kinks = np.sort(np.concatenate([lb - t, ub - t]))
+    k = next(i for i, nu in enumerate(kinks) if filled(nu) >= total)
+    nu = kinks[k]
+    if k > 0 and filled(kinks[k]) > filled(kinks[k - 1]):
+        a, b = kinks[k - 1], kinks[k]
+        nu = a + (total - filled(a)) * (b - a) / (filled(b) - filled(a))
+    x = np.clip(t + nu, lb, ub)
+    q = [int(np.floor(v + 1e-9)) for v in x]  # an integer computed as 49.999... is 50
+    left = total - sum(q)
+    for j in sorted(range(len(n)), key=lambda j: (-(x[j] - q[j]), j)):
+        if left > 0 and q[j] < n[j]:
+            q[j], left = q[j] + 1, left - 1
+    assert left == 0 and sum(q) == total
+    return q
 
 
 def scipy_projection(target, lower, upper, total):
@@ -128,6 +216,7 @@ def test_dbp_quotas_equal_the_constrained_least_squares_solution(seed):
     np.testing.assert_allclose(q["x"], ref, atol=1e-3 * max(1.0, n_keep / k))
     assert np.all(np.abs(q["quota"] - q["x"]) < 1.0)
     assert np.all(q["quota"][~live] == 0)
+    assert q["quota"].tolist() == reference_dbp(n, d_intra, d_inter, keep, tau, floor_ratio)
 
 
 def test_dbp_rounding_is_exact_when_every_share_is_fractional():
@@ -136,6 +225,56 @@ def test_dbp_rounding_is_exact_when_every_share_is_fractional():
     assert q["quota"].tolist() == [5, 5, 5]
     q = dbp_quotas(np.array([10, 10, 10, 10]), np.ones(4), np.ones(4), keep_fraction=0.35, temperature=1.0)  # 14 / 4
     assert q["quota"].tolist() == [4, 4, 3, 3]  # remainders to the lowest cluster ids on ties
+
+
+def test_dbp_lower_bound_is_n_minus_one_so_every_cluster_loses_a_member():
+    # N = 201, N' = round(100.5) = 101 (halves up), K = 3, floor(1.0 * 101 / 3) = 33.
+    # C = d_inter * d_intra = [0.05, 0.9, 0.9], C / tau = [0.5, 9, 9]: P_0 = 1 / (1 + 2 e^8.5) ~ 1e-4.
+    d_intra, d_inter = [0.1, 0.9, 0.9], [0.5, 1.0, 1.0]
+    # lb = [min(33, 1 - 1), 33, 33] = [0, 33, 33]; no bound binds, nu = 0: x = [0.01, 50.495, 50.495];
+    # floors [0, 50, 50], the one left over to the tied larger fraction of the lower index: cluster 1
+    q = dbp_quotas(np.array([1, 100, 100]), np.array(d_intra), np.array(d_inter), 0.5, 0.1, floor_ratio=1.0)
+    assert q["keep_total"] == 101 and q["lower"].tolist() == [0, 33, 33]
+    assert q["quota"].tolist() == [0, 51, 50]
+    # N = 205, N' = 103, floor(103 / 3) = 34, lb = [min(34, 4), 34, 34]: cluster 0 is lifted to
+    # n_0 - 1 = 4 (not n_0 = 5), the other two share 99: 49.5 each, the tie to cluster 1
+    q = dbp_quotas(np.array([5, 100, 100]), np.array(d_intra), np.array(d_inter), 0.5, 0.1, floor_ratio=1.0)
+    assert q["lower"].tolist() == [4, 34, 34] and q["quota"].tolist() == [4, 50, 49]
+    assert reference_dbp([1, 100, 100], d_intra, d_inter, 0.5, 0.1, 1.0) == [0, 51, 50]
+    assert reference_dbp([5, 100, 100], d_intra, d_inter, 0.5, 0.1, 1.0) == [4, 50, 49]
+
+
+def test_dbp_floor_ratio_lifts_a_cluster_whose_share_is_below_the_floor():
+    n, d_intra, d_inter = np.array([40, 100, 100]), np.array([0.1, 0.9, 0.9]), np.array([0.5, 1.0, 1.0])
+    # N' = 120, lb = floor(0.5 * 120 / 3) = 20 < n_j - 1 for all: cluster 0's share 120 P_0 ~ 0.012
+    # is lifted to 20, the other two take 50 each
+    q = dbp_quotas(n, d_intra, d_inter, 0.5, 0.1, floor_ratio=0.5)
+    assert q["lower"].tolist() == [20, 20, 20] and q["quota"].tolist() == [20, 50, 50]
+    # without a floor: x = [0.012, 59.994, 59.994], floors [0, 59, 59] and two left over
+    assert dbp_quotas(n, d_intra, d_inter, 0.5, 0.1)["quota"].tolist() == [0, 60, 60]
+    assert reference_dbp(n, d_intra, d_inter, 0.5, 0.1, 0.5) == [20, 50, 50]
+    assert reference_dbp(n, d_intra, d_inter, 0.5, 0.1) == [0, 60, 60]
+
+
+def test_dbp_softmax_divides_complexity_by_the_temperature():
+    n, d_intra, d_inter = np.array([100, 100]), np.array([0.2, 0.4]), np.array([1.0, 1.0])
+    # C / tau = [0.4, 0.8]: P = [1, e^0.4] / (1 + e^0.4) = [0.40131, 0.59869], N' = 100 -> [40, 60].
+    # (C * tau = [0.1, 0.2] would give [47.502, 52.498] -> [48, 52].)
+    assert dbp_quotas(n, d_intra, d_inter, 0.5, temperature=0.5)["quota"].tolist() == [40, 60]
+    assert dbp_quotas(n, d_intra, d_inter, 0.5)["quota"].tolist() == [40, 60]  # tau = 0.5 by default
+    # tau = 0.25: C / tau = [0.8, 1.6], P_0 = 1 / (1 + e^0.8) = 0.31003 -> [31, 69]
+    assert dbp_quotas(n, d_intra, d_inter, 0.5, temperature=0.25)["quota"].tolist() == [31, 69]
+    assert reference_dbp(n, d_intra, d_inter, 0.5, 0.5) == [40, 60]
+    assert reference_dbp(n, d_intra, d_inter, 0.5, 0.25) == [31, 69]
+
+
+def test_d_inter_averages_the_nearest_other_centroids_never_itself():
+    # unnormalised on purpose (cosine); pairwise cosine distances: d(0,1) = 1, d(0,2) = 2, d(1,2) = 1
+    c = np.array([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert inter_cluster_distance(c, 1).tolist() == [1.0, 1.0, 1.0]  # with itself: 0
+    assert inter_cluster_distance(c, 2).tolist() == [1.5, 1.0, 1.5]  # with itself: 0.5
+    assert inter_cluster_distance(c, 20).tolist() == [1.5, 1.0, 1.5]  # k > K - 1: all others
+    assert inter_cluster_distance(c[:1], 20).tolist() == [0.0]  # no other centroid
 
 
 # --- the stage on Spark -----------------------------------------------------------------------------
@@ -186,7 +325,7 @@ def reference_prune(spark, pruned, cfg=CFG) -> dict:
     if p.keep_fraction is not None:
         cn = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
         d_inter = np.array([np.mean(sorted(1 - cn[i] @ cn[j] for j in range(k) if j != i)[: p.inter_k]) for i in range(k)])
-        quota = dbp_quotas(n, d_intra, d_inter, p.keep_fraction, p.temperature, p.floor_ratio)["quota"]
+        quota = np.array(reference_dbp(n, d_intra, d_inter, p.keep_fraction, p.temperature, p.floor_ratio))
     else:
         quota = n
     cap = p.max_per_cluster or 10**9
@@ -210,13 +349,28 @@ def test_prune_equals_the_reference(spark, pruned):
     got = {u: (r if isinstance(r, str) else None) for u, r in zip(ledger.uid, ledger.reason, strict=True)}
     assert got == ref["reasons"]
     assert set(got.values()) == {None, "semantic_duplicate", "density_pruned", "cluster_capped"}
-    # duplicate details name the earlier member they duplicate (the chains' middles tie exactly)
+    # inside a cluster the farthest survivors are kept: each kept member comes (by rank) before
+    # every density_pruned or cluster_capped one, in clusters that have both
+    last_kept, first_cut = {}, {}
+    for u, r in got.items():
+        cid, rank = ref["sims"][u][:2]
+        if r is None:
+            last_kept[cid] = max(last_kept.get(cid, -1), rank)
+        elif r != "semantic_duplicate":
+            first_cut[cid] = min(first_cut.get(cid, len(got)), rank)
+    both = set(last_kept) & set(first_cut)
+    assert both and all(last_kept[c] < first_cut[c] for c in both)
+    # duplicate details name the earlier member they duplicate: the reference's (the earliest at
+    # the maximum), or another only on a tie within float32 rounding: a chain's middle B placed
+    # after both ends has cos(A, B) = cos(B, C) in exact arithmetic, and rounding picks the winner
     dups = ledger[ledger.reason == "semantic_duplicate"]
     row = {u: i for i, u in enumerate(pruned["uids"])}
+    x64 = pruned["x"].astype(np.float64)
     for u, detail in zip(dups.uid, dups.detail, strict=True):
-        named = detail.split()[2]
-        cos = float(pruned["x"][row[u]].astype(float) @ pruned["x"][row[named]].astype(float))
+        named, ref_named = detail.split()[2], ref["sims"][u][3]
+        cos = float(x64[row[u]] @ x64[row[named]])
         assert ref["sims"][named][1] < ref["sims"][u][1] and abs(cos - ref["sims"][u][2]) < 1e-5
+        assert named == ref_named or abs(cos - float(x64[row[u]] @ x64[row[ref_named]])) < 1e-6
         assert detail == f"duplicate of {named} (cos={ref['sims'][u][2]:.3f})"
     kept = spark.read.parquet(f"{pruned['run']}/prune/data")
     assert sorted(r.uid for r in kept.select("uid").collect()) == sorted(u for u, r in ref["reasons"].items() if r is None)
@@ -264,20 +418,34 @@ def test_prune_output_is_partition_invariant(spark, pruned, tmp_path):
 
 
 def test_rethreshold_a_stored_similarity_table_without_embeddings(spark, pruned, tmp_path):
+    from pyspark.sql import functions as F
+
     from pipeline.prune import rethreshold, run_prune
 
     ref = reference_prune(spark, pruned)
-    cfg = PipelineConfig(prune=PruneConfig(dedup_eps=0.15, similarity=pruned["run"]))
+    # two stored maxima moved onto the boundary of eps = 0.25: exactly 1 - eps (0.75, exact in
+    # float32) is not a duplicate, the next float32 up is
+    above = float(np.nextafter(np.float32(0.75), np.float32(1.0)))
+    sims = {u: b for u, (_, _, b, _) in ref["sims"].items()}
+    at, over = sorted(u for u, b in sims.items() if b is not None and b < 0.7)[:2]
+    sims[at], sims[over] = 0.75, above
+    moved = F.when(F.col("uid") == at, F.lit(0.75)).when(F.col("uid") == over, F.lit(above))
+    stored = spark.read.parquet(f"{pruned['run']}/prune/similarity")
+    shutil.copytree(f"{pruned['run']}/prune", tmp_path / "old" / "prune")  # a run folder to point at
+    table_path = str(tmp_path / "old" / "prune" / "similarity")
+    stored.withColumn("max_sim_earlier", moved.otherwise(F.col("max_sim_earlier")).cast("float")).write.mode("overwrite").parquet(table_path)
+    cfg = PipelineConfig(prune=PruneConfig(dedup_eps=0.25, similarity=str(tmp_path / "old")))
     # the input has no embedding column at all: nothing is recomputed
     spark.read.parquet(pruned["emb"]).select("uid", "text").write.parquet(str(tmp_path / "texts"))
     result = run_prune(spark, str(tmp_path / "texts"), pruned["run"], str(tmp_path / "run"), cfg)
     ledger = spark.read.parquet(str(tmp_path / "run" / "decisions" / "stage=prune")).toPandas()
     got = {u for u, r in zip(ledger.uid, ledger.reason, strict=True) if r == "semantic_duplicate"}
-    want = {u for u, (_, _, b, _) in ref["sims"].items() if b is not None and b > 1 - 0.15}
+    want = {u for u, b in sims.items() if b is not None and b > 0.75}
     at_005 = sum(r == "semantic_duplicate" for r in ref["reasons"].values())
+    assert over in want and at not in want
     assert got == want and len(want) > at_005
     assert result.stats["dropped"] == {"semantic_duplicate": len(want)}
-    table = rethreshold(spark.read.parquet(f"{pruned['run']}/prune/similarity"), 0.15)
+    table = rethreshold(spark.read.parquet(table_path), 0.25)
     assert {r.uid for r in table.where("is_duplicate").collect()} == want
 
 
