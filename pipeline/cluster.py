@@ -116,15 +116,26 @@ def assign(x: np.ndarray, centroids: np.ndarray, top_m: int, spherical: bool) ->
     for s in range(0, len(x), step):
         xb = x[s : s + step]
         score = -(xb @ c.T) if spherical else cc - 2.0 * (xb @ c.T)
+        rows = np.arange(len(xb))[:, None]
         if cand < k:
             ids = np.argpartition(score, cand - 1, axis=1)[:, :cand]
+            # argpartition picks any of several centroids tied at the cut: a row with more
+            # candidates at or below its cut than it kept is re-ranked over all of them below.
+            cut = score[rows, ids].max(axis=1)
+            crowded = np.flatnonzero((score <= cut[:, None]).sum(axis=1) > cand)
         else:
             ids = np.tile(np.arange(k), (len(xb), 1))
+            crowded = ()
         dist = exact_distances(xb, c, ids, spherical)
         order = np.lexsort((ids, dist), axis=1)[:, :m]
-        rows = np.arange(len(xb))[:, None]
         ids_out[s : s + step] = ids[rows, order]
         dist_out[s : s + step] = dist[rows, order]
+        for r in crowded:
+            wide = np.flatnonzero(score[r] <= cut[r])[None, :]
+            d = exact_distances(xb[r : r + 1], c, wide, spherical)
+            pick = np.lexsort((wide, d), axis=1)[0, :m]
+            ids_out[s + r] = wide[0, pick]
+            dist_out[s + r] = d[0, pick]
     return ids_out, dist_out
 
 

@@ -16,7 +16,7 @@ BAD_ROWS = [(3, None), (4, [float("nan")] * DIM), (5, [0.0] * DIM), (6, [0.5] * 
 
 
 def brute_force_top(x: np.ndarray, c: np.ndarray, m: int, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Every row against every centroid in float64, full sort."""
+    """Every row against every centroid in float64, full stable sort (ties: the lower centroid id first)."""
     x = np.asarray(x, np.float64)
     c = np.asarray(c, np.float64)
     if spherical:
@@ -51,6 +51,71 @@ def test_assignment_does_not_depend_on_the_batch_a_row_is_in():
     np.testing.assert_array_equal(whole[1], np.concatenate([p[1] for p in pieces]))
 
 
+# Hand-written ties. Centroids (ids 0-4) in the plane: c0 = (-1, 0), c1 = (1, 1), c2 = (0, 1),
+# c3 = (1, -1), c4 = (1, 0). Spherical distance 1 - cos: cos 45 degrees gives R = 1 - 1/sqrt(2).
+TIE_CENTROIDS = [[-1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, -1.0], [1.0, 0.0]]
+R = 0.2928932188134524
+S = 1.7071067811865475
+# (uid, row, top-3 ids, their distances): every row has an exact tie, lower id first.
+TIE_ROWS = [
+    ("a", [1.0, 0.0], [4, 1, 3], [0.0, R, R]),  # c1, c3 tie at ranks 2-3
+    ("b", [-1.0, 1.0], [0, 2, 1], [R, R, 1.0]),  # c0, c2 tie at ranks 1-2
+    ("c", [1.0, 1.0], [1, 2, 4], [0.0, R, R]),  # c2, c4 tie at ranks 2-3
+    ("d", [0.0, 3.0], [2, 1, 0], [0.0, R, 1.0]),  # c0, c4 tie at rank 3: c4 is cut
+    ("e", [-1.0, -1.0], [0, 3, 2], [R, 1.0, S]),  # c2, c4 tie at S = 1 + 1/sqrt(2), rank 3: c4 is cut
+]
+
+
+def test_assignment_of_exact_ties_puts_the_lower_centroid_id_first():
+    x = np.array([row for _, row, _, _ in TIE_ROWS], np.float32)
+    ids, dist = assign(x, np.array(TIE_CENTROIDS, np.float32), top_m=3, spherical=True)
+    assert ids.tolist() == [top for _, _, top, _ in TIE_ROWS]
+    np.testing.assert_allclose(dist, [d for _, _, _, d in TIE_ROWS], atol=1e-6)
+    # squared L2 from the origin: c0, c2 and c4 at 1 (a tie of three), c1 and c3 at 2
+    ids, dist = assign(np.zeros((1, 2), np.float32), np.array(TIE_CENTROIDS, np.float32), top_m=4, spherical=False)
+    assert ids.tolist() == [[0, 2, 4, 1]]
+    np.testing.assert_array_equal(dist, [[1.0, 1.0, 1.0, 2.0]])
+
+
+def test_tie_among_more_centroids_than_candidates_goes_to_the_lowest_id():
+    # ids 4-7 all at squared L2 distance 1 from the origin, ids 0-3 at 4: the nearest is id 4
+    c = np.array([[2, 0], [2, 0], [2, 0], [2, 0], [1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)
+    ids, _ = assign(np.zeros((1, 2), np.float32), c, top_m=1, spherical=False)
+    assert ids.tolist() == [[4]]
+    # top 2 for the origin (four at 1) and for (1, 0): id 4 at 0, then ids 0-3 all at 1
+    x = np.array([[0, 0], [1, 0], [0, 3]], np.float32)
+    ids, dist = assign(x, c, top_m=2, spherical=False)
+    assert ids.tolist() == [[4, 5], [4, 0], [6, 4]]
+    np.testing.assert_array_equal(dist, [[1, 1], [0, 1], [4, 10]])
+
+
+def test_spark_assignment_exports_ties_by_lower_id_and_nulls_for_invalid_rows(spark):
+    """with_cluster_assignments on hand-written rows: cluster_id is the nearest, the lists nearest first."""
+    from pyspark.sql import types as T
+
+    from pipeline.cluster import with_cluster_assignments
+
+    schema = T.StructType([
+        T.StructField("uid", T.StringType(), False),
+        T.StructField("_emb", T.ArrayType(T.FloatType()), True),
+        T.StructField("_detail", T.StringType(), True),
+    ])
+    rows = [(uid, row, None) for uid, row, _, _ in TIE_ROWS] + [("z", [0.0, 0.0], "zero vector")]
+    checked = spark.createDataFrame(rows, schema).repartition(3)
+    out = with_cluster_assignments(checked, np.array(TIE_CENTROIDS, np.float32), top_m=3, spherical=True)
+    got = {r["uid"]: r for r in out.collect()}
+    assert sorted(got) == ["a", "b", "c", "d", "e", "z"]
+    for uid, _, top, dist in TIE_ROWS:
+        r = got[uid]
+        assert r["cluster_id"] == top[0] and list(r["top_clusters"]) == top, uid
+        assert r["distance"] == pytest.approx(dist[0], abs=1e-6)
+        assert list(r["top_distances"]) == pytest.approx(dist, abs=1e-6)
+        assert r["_reason"] is None
+    z = got["z"]
+    assert z["cluster_id"] is None and z["distance"] is None and z["top_clusters"] is None and z["top_distances"] is None
+    assert z["_reason"] == "invalid_embedding" and z["_detail"] == "zero vector"
+
+
 def test_kmeans_objective_beats_random_centroids_and_k_above_points_is_an_error():
     x = mixture(600, 8, centers=6, seed=1)
     out = train_kmeans(x, 6, niter=15, seed=0, spherical=True)
@@ -77,6 +142,8 @@ def test_sample_is_the_smallest_hashes_and_partition_invariant(spark, tmp_path):
     # independently: all keys on the driver, sorted in pandas
     keys = df.select("uid", F.xxhash64(F.lit(5), "uid").alias("k")).toPandas().sort_values(["k", "uid"])
     assert one[1] == keys.uid.tolist()[:40]
+    # each matrix row is its uid's embedding (write_embeddings names row i "u%05d")
+    np.testing.assert_array_equal(one[0], x[[int(u[1:]) for u in one[1]]])
     other_seed = sample_embeddings(df, 6, 40, 4)[1]
     assert other_seed != one[1]
 
@@ -95,6 +162,8 @@ def clustered(spark, tmp_path_factory):
 
 
 def test_run_cluster_assigns_every_valid_row_to_its_nearest_centroid(spark, clustered):
+    import faiss
+
     run = Run(spark, clustered["run"])
     centroids = load_centroids(run.fs, f"{clustered['run']}/cluster/centroids.npy")
     assert centroids.shape == (5, DIM) and centroids.dtype == np.float32
@@ -109,8 +178,30 @@ def test_run_cluster_assigns_every_valid_row_to_its_nearest_centroid(spark, clus
     np.testing.assert_allclose(np.stack(out.top_distances.to_numpy()), ref_dist, atol=1e-5)
     stats = clustered["result"].stats
     assert stats["k"] == 5 and stats["dim"] == DIM and stats["sample_size"] == 300 and stats["niter"] == 10
-    assert stats["faiss_version"] and stats["gpu"] in (True, False) and stats["spherical"] is True
+    assert stats["faiss_version"] and stats["spherical"] is True
+    # trained on a GPU exactly when faiss sees one (the stage has no device setting: auto)
+    assert stats["gpu"] is (faiss.get_num_gpus() > 0)
     assert_matches_contract(spark.read.parquet(f"{clustered['run']}/cluster/data"), "cluster")
+
+
+def test_run_cluster_trains_on_the_valid_rows_with_the_smallest_seeded_hashes(spark, clustered):
+    """The sample, chosen here from its definition, trained with FAISS directly, gives the stage's centroids."""
+    import faiss
+    from pyspark.sql import functions as F
+
+    seed, k, n = 11, 5, 5 * 60  # the fixture's config: seed 11, k 5, 60 points per centroid
+    keys = spark.read.parquet(clustered["input"]).select("uid", F.xxhash64(F.lit(seed), F.col("uid")).alias("key")).toPandas()
+    bad = {clustered["uids"][i] for i, _ in BAD_ROWS}
+    keys = keys[~keys.uid.isin(bad)].sort_values(["key", "uid"], ascending=True)
+    assert len(keys) == 494 > n  # the limit bites
+    rows = [int(u[1:]) for u in keys.uid.iloc[:n]]
+    sample = np.ascontiguousarray(clustered["x"][rows], np.float32)
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+    km = faiss.Kmeans(DIM, k, niter=10, seed=seed, spherical=True, max_points_per_centroid=60, min_points_per_centroid=1)
+    km.train(sample)
+    stage = np.load(f"{clustered['run']}/cluster/centroids.npy")
+    np.testing.assert_allclose(stage, km.centroids, atol=1e-5)
+    assert clustered["result"].stats["sample_size"] == n
 
 
 def test_bad_embeddings_are_ledger_rows_with_their_reason(spark, clustered):

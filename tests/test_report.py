@@ -257,7 +257,8 @@ def test_bad_inputs_give_clear_errors(small_run, spark, tmp_path):
 PAPER_MODEL = "backboneViT-B-32_pretrainedlaion400m"
 
 
-def _paper_fit(dataset: str, model: str = PAPER_MODEL) -> dict | None:
+def _paper_data(dataset: str, model: str = PAPER_MODEL) -> tuple[dict, dict] | None:
+    """({class: LAION-400M count}, {class: zero-shot accuracy}) from the paper's files."""
     base = "frequency_determines_performance"
     counts_path = anchor(f"{base}/search_counts")
     counts_file = counts_path / f"{dataset}_laion400m_integrated_tlemmatized_i0.7_search_counts.json"
@@ -267,9 +268,26 @@ def _paper_fit(dataset: str, model: str = PAPER_MODEL) -> dict | None:
     evals = json.loads(evals_file.read_text())
     if model not in evals:
         return None
-    return accuracy_fit(json.loads(counts_file.read_text()), evals[model]["classwise"])
+    return json.loads(counts_file.read_text()), evals[model]["classwise"]
 
 
+def _paper_fit(dataset: str, model: str = PAPER_MODEL) -> dict | None:
+    data = _paper_data(dataset, model)
+    return None if data is None else accuracy_fit(*data)
+
+
+def _textbook_fit(counts: dict, accuracy: dict) -> tuple[int, float, float]:
+    """(n, slope, Pearson r) of accuracy on log10(count), classes with a count > 0: the closed forms."""
+    points = [(math.log10(counts[c]), a) for c, a in accuracy.items() if counts.get(c, 0) > 0]
+    lx = np.array([p[0] for p in points])
+    y = np.array([p[1] for p in points])
+    sxy = float(((lx - lx.mean()) * (y - y.mean())).sum())
+    sxx = float(((lx - lx.mean()) ** 2).sum())
+    syy = float(((y - y.mean()) ** 2).sum())
+    return len(points), sxy / sxx, sxy / math.sqrt(sxx * syy)
+
+
+@pytest.mark.shared
 def test_paper_counts_and_accuracies_are_log_linear():
     """Udandarao et al. 2024: zero-shot accuracy grows linearly in log10 of pretraining concept frequency."""
     fit = _paper_fit("imagenet")
@@ -281,7 +299,10 @@ def test_paper_counts_and_accuracies_are_log_linear():
             f = _paper_fit(dataset, model)
             if f is not None and f["slope"] is not None:
                 lines.append(f"{dataset:16s} {model:40s} n={f['n']:4d} slope={f['slope']:+.3f} r={f['pearson_r']:+.3f}")
-                assert math.isfinite(f["slope"]) and -1 <= f["pearson_r"] <= 1
+                n, slope, r = _textbook_fit(*_paper_data(dataset, model))
+                assert f["n"] == n
+                assert f["slope"] == pytest.approx(slope, rel=1e-9, abs=1e-12)
+                assert f["pearson_r"] == pytest.approx(r, rel=1e-9, abs=1e-12)
     print("\naccuracy vs log10(LAION-400M count):\n" + "\n".join(lines))
     # the paper's trend holds for the bigger class lists
     assert _paper_fit("cifar100")["slope"] > 0
