@@ -41,6 +41,9 @@ def write_pool(path: str, n: int, dim: int, centers: int, dup_fraction: float, s
         idx = np.flatnonzero(dups)
         x[idx] = x[idx - 1] + rng.normal(size=(len(idx), dim)).astype(np.float32) * 0.01 / np.sqrt(dim)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
+        # float32 as the embed stage writes it: a float32 array times NumPy's float64 scalar
+        # 1/sqrt(dim) above is float64 under NumPy 2's promotion rules.
+        x = x.astype(np.float32, copy=False)
         uids = [f"{i:012d}" for i in range(lo, hi)]
         emb = pa.ListArray.from_arrays(pa.array(np.arange(m + 1, dtype=np.int32) * dim), pa.array(x.ravel()))
         pq.write_table(pa.table({"uid": uids, "image_embedding": emb, "text": [f"caption {u}" for u in uids]}), f"{path}/part-{f:04d}.parquet")
