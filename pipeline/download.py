@@ -121,9 +121,7 @@ def fetch_images(
     """
     import fsspec
 
-    # albumentations (img2dataset's resizer) asks PyPI for updates on import: not here, nor in
-    # the processes spawned from here (pipeline.fetch does the same where it is unpickled).
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # albumentations' update check (img2dataset imports it) is off: pipeline/__init__.py.
     try:
         from img2dataset.distributor import multiprocessing_distributor, pyspark_distributor
         from img2dataset.logger import LoggerProcess

@@ -8,20 +8,17 @@ the driver imports it only when a download runs.
 from __future__ import annotations
 
 import io
-import os
 import urllib.request
 import warnings
 
-# albumentations (imported by img2dataset's resizer) asks PyPI for a newer version on import,
-# in every worker process and Spark executor: not from a download job.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Importing this module runs pipeline/__init__.py first, which switches off albumentations'
+# update check (img2dataset's resizer imports it) in every worker that unpickles these classes.
+from img2dataset.downloader import Downloader
+from img2dataset.resizer import Resizer
+from PIL import Image
 
-from img2dataset.downloader import Downloader  # noqa: E402
-from img2dataset.resizer import Resizer  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from pipeline.imageio import exif_orientation, turn_upright  # noqa: E402
-from pipeline.urlguard import GuardPolicy, build_opener  # noqa: E402
+from pipeline.imageio import exif_orientation, turn_upright
+from pipeline.urlguard import GuardPolicy, build_opener
 
 
 class GuardedDownloader(Downloader):

@@ -1,20 +1,124 @@
-"""Shared fixtures: one local SparkSession for the whole test run, paths to the shared anchor data."""
+"""Shared fixtures: one local SparkSession for the whole test run, paths to the shared anchor data;
+the run's network guard and the rule that tests needing ../shared run when it is there."""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "data"
+# Importing the package switches off dependencies' update checks, before a test module imports them.
+import pipeline  # noqa: F401
+from tests.netguard import curate_netguard as netguard
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
+ANCHORS = SHARED / "data"
+NETGUARD_DIR = Path(netguard.__file__).parent
 
 
 def anchor(rel: str) -> Path:
-    """A file under ../shared/anchors/data; skips the test when it is absent."""
+    """A file under ../shared/anchors/data. Skips the test when ../shared/anchors is absent (a
+    clone on its own); where it is present a missing file fails the test, it is not skipped."""
     path = ANCHORS / rel
     if not path.exists():
+        if SHARED.is_dir():
+            pytest.fail(f"shared anchor data missing from a present {SHARED}: {path}", pytrace=False)
         pytest.skip(f"shared anchor data not present: {path}")
     return path
+
+
+# --------------------------------------------------------------------------- network guard
+# Tests send nothing outside 127.0.0.0/8 and ::1 (tests/netguard/curate_netguard.py): the guard
+# runs in this process and, through tests/netguard/sitecustomize.py on PYTHONPATH, in every Python
+# child. Each violation is a line in one log; a test (or collected module) during which a line
+# appeared fails, even when the library that tried swallowed the guard's error.
+_guard = {"log": None, "read": 0, "env": {}}
+
+
+def pytest_configure(config):
+    fd, log = tempfile.mkstemp(prefix="curate-netguard-", suffix=".jsonl")
+    os.close(fd)
+    _guard.update(log=log, read=0, env={k: os.environ.get(k) for k in (netguard.LOG_ENV, "PYTHONPATH")})
+    os.environ[netguard.LOG_ENV] = log
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD_DIR), os.environ.get("PYTHONPATH")]))
+    netguard.install()
+
+
+def pytest_unconfigure(config):
+    netguard.uninstall()
+    for key, value in _guard["env"].items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if _guard["log"]:
+        Path(_guard["log"]).unlink(missing_ok=True)
+
+
+def new_violations() -> list[dict]:
+    """Violations logged (by this process or any child) since the last call."""
+    if not _guard["log"]:
+        return []
+    with open(_guard["log"], "rb") as f:
+        f.seek(_guard["read"])
+        data = f.read()
+    complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next call
+    _guard["read"] += len(complete)
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def _describe(violations: list[dict]) -> str:
+    lines = [f"network guard: {len(violations)} attempt(s) to reach outside loopback"]
+    for v in violations:
+        lines.append(f"  {v['what']} {v['target']}  (pid {v['pid']}: {v['argv'][:120]})")
+        lines += [f"      {frame}" for frame in v["stack"][-5:]]
+    return "\n".join(lines)
+
+
+def _fail_report(report, message: str) -> None:
+    report.outcome = "failed"
+    report.longrepr = message if not report.longrepr else f"{report.longrepr}\n\n{message}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """Importing a test module that reaches out (img2dataset -> albumentations) is a collection error."""
+    report = yield
+    found = new_violations()
+    if found:
+        _fail_report(report, _describe(found))
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase of a test (setup, call, teardown) fails on traffic logged during it; a skip of a
+    test that needs ../shared is a failure where ../shared is present."""
+    report = yield
+    found = new_violations()
+    if found:
+        _fail_report(report, _describe(found))
+    elif report.skipped and not hasattr(report, "wasxfail") and SHARED.is_dir() and _needs_shared(item, report):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped although {SHARED} is present (a test needing ../shared must run here): {reason}"
+    return report
+
+
+def _needs_shared(item, report) -> bool:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return item.get_closest_marker("shared") is not None or "shared/anchors" in reason or "shared anchor" in reason
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Traffic after the last test (a session fixture's teardown) fails the run too."""
+    found = new_violations()
+    if found:
+        session.config.get_terminal_writer().line("\n" + _describe(found), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -406,7 +406,10 @@ def test_model_configs_load_when_the_package_runs_from_a_zip(tmp_path):
         "print(json.dumps({'package': pipeline.__file__, 'configs': str(model_config_dir()),"
         " 'params': sum(p.numel() for p in model.parameters())}))\n"
     )
-    env = {**child_env(), "PYTHONPATH": str(zipped)}
+    from tests.conftest import NETGUARD_DIR
+
+    # the zip alone holds the package; the network guard's folder follows it (it holds no `pipeline`)
+    env = {**child_env(), "PYTHONPATH": os.pathsep.join([str(zipped), str(NETGUARD_DIR)])}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
