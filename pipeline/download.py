@@ -33,13 +33,13 @@ from typing import Any
 from pipeline import reasons as R
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
+from pipeline.runs import MARKER
 
 log = logging.getLogger(__name__)
 
 STAGE = "download"
 # Text stages whose output can be downloaded, most curated first.
 TEXT_STAGES = ("balance", "match", "ingest")
-MARKER = "_COMPLETE"
 # img2dataset's digits in shard names (00042.tar): up to 100k shards per stage.
 OOM_SHARD_COUNT = 5
 # Per-sample columns img2dataset writes (or reserves); the input's own columns with these names
