@@ -84,8 +84,9 @@ MUTATIONS = (
              "on a tie the later earlier-member wins"),
     Mutation("semdedup-order", "pipeline/semdedup.py", "np.lexsort((keys, -np.asarray(distance, np.float64)))",
              "np.lexsort((keys, np.asarray(distance, np.float64)))", PRUNE_TESTS, "nearest first instead of farthest"),
-    Mutation("semdedup-uid-tie", "pipeline/semdedup.py", "keys = np.asarray(uids, dtype=str)",
-             "keys = np.asarray(uids, dtype=str)[::-1]", PRUNE_TESTS, "distance ties not broken by uid ascending"),
+    Mutation("semdedup-uid-tie", "pipeline/semdedup.py", "return np.lexsort((keys, -np.asarray(distance, np.float64)))",
+             'return np.argsort(-np.asarray(distance, np.float64), kind="stable")', PRUNE_TESTS,
+             "distance ties kept in input order instead of by uid"),
     # --- density-based pruning (MISSION.md stage 9) -------------------------------------------
     Mutation("dbp-lower-bound", "pipeline/dbp.py", "np.minimum(floor, n - 1)", "np.minimum(floor, n)", PRUNE_TESTS,
              "lower bound min(floor, n) instead of n - 1"),
@@ -165,7 +166,7 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[str, st
     out = proc.stdout + proc.stderr
     if proc.returncode == 0:
         return "passed", "", seconds
-    failed = re.search(r"^(?:FAILED|ERROR) (\S+)", out, re.M)
+    failed = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", out, re.M)
     if proc.returncode == 1 and failed:
         return "failed", failed.group(1), seconds
     tail = " | ".join(out.strip().splitlines()[-3:])
