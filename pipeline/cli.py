@@ -120,8 +120,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace, overrides: dict, runner, *inputs) -> int:
-    from pipeline.runs import Run
+    from pipeline.runs import Run, check_outside
 
+    for source in inputs:
+        if source:
+            check_outside(args.output, source, pool=args.command == "ingest")
     cfg = _config(args, overrides)
     spark = _spark(cfg)
     Run(spark, args.output).write_run_json(cfg.to_dict(), cfg.seed, [args.command, *sys.argv[1:]])

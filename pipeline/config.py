@@ -26,6 +26,11 @@ class SparkConfig:
     ui: bool = False
     # Extra `spark.*` settings, passed through as given.
     conf: dict[str, str] = field(default_factory=dict)
+    # The keys of `spark:` that the config file or an override stated (load_config records them):
+    # under spark-submit only stated settings are applied, and one stated equal to its default
+    # still counts, since spark-submit's own default may differ (200 shuffle partitions, not 8).
+    # How the config was written, not a setting: no YAML key, no part of equality or to_dict.
+    explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})
 
     def validate(self, where: str) -> None:
         if self.shuffle_partitions < 1:
@@ -338,7 +343,9 @@ class PipelineConfig:
                 value.validate(f"{where}.{f.name}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["spark"]["explicit"]  # how the config was written, not a setting (see SparkConfig)
+        return data
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -385,7 +392,7 @@ def from_mapping(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -428,4 +435,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         node[leaf] = value
     cfg = from_mapping(PipelineConfig, data, "config")
     cfg.validate()
-    return cfg
+    stated = data.get("spark") or {}
+    return dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, explicit=frozenset(stated)))

@@ -140,7 +140,7 @@ def generate_pool(out_dir: str, cfg: DemoConfig, seed: int = 0, base_url: str = 
         (f"{base_url}/empty.jpg", ""),
         (f"{base_url}/blank.jpg", " \t\n\u200b "),
         (f"{base_url}/huge.jpg", "word " * 210_000),
-        (f"{base_url}/mojibake.jpg", "caf\ufffd au lait"),
+        (f"{base_url}/mojibake.jpg", "caf\ufffd au lait"),  # valid UTF-8: a caption; matches no entry
         (None, "a caption with no image url"),
         (urls[0], captions[0]),  # an exact (url, caption) duplicate
         (f"{base_url}/punct.jpg", ",.;:?!"),

@@ -9,7 +9,7 @@ from pipeline import reasons as R
 from pipeline.config import IngestConfig
 from pipeline.contracts import require_columns
 
-RAW_COLUMNS = ("_uid_given", "url", "text", "image_ref", "_malformed")
+RAW_COLUMNS = ("_uid_given", "url", "text", "image_ref", "_malformed", "_text_invalid_utf8")
 UID_HEX_DIGITS = 32
 # Blank means: only whitespace, separators, zero-width characters or a byte-order mark.
 BLANK_PATTERN = r"^[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]*$"
@@ -28,7 +28,7 @@ def content_hash(url: Column, text: Column) -> Column:
 def with_ingest_decisions(raw: DataFrame, cfg: IngestConfig, uid_column: str | None, extras: tuple[str, ...] = ()) -> DataFrame:
     """Add `uid`, `_reason` (null = kept) and `_detail` to a raw pool frame.
 
-    Needs: _uid_given, url, text, image_ref, _malformed (see pipeline.sources).
+    Needs: _uid_given, url, text, image_ref, _malformed, _text_invalid_utf8 (see pipeline.sources).
     Adds: uid (unique over the frame), _reason, _detail. Duplicate uids keep one row,
     chosen by content so the choice does not depend on partitioning; the others are
     renamed '<uid>#dup<k>' and dropped.
@@ -50,8 +50,10 @@ def with_ingest_decisions(raw: DataFrame, cfg: IngestConfig, uid_column: str | N
 
     text = F.col("text")
     blank = text.isNull() | text.rlike(BLANK_PATTERN)
-    # Spark keeps invalid UTF-8 bytes as they are; decoders upstream turn them into U+FFFD.
-    undecodable = ~F.is_valid_utf8(text) | (F.instr(text, "\ufffd") > 0)
+    # Parquet strings reach us as their bytes, valid or not; readers that decode bytes themselves
+    # say so in _text_invalid_utf8. A U+FFFD in valid text is a character like any other
+    # (LAION has mojibake captions), so it is not a sign of invalid bytes.
+    undecodable = F.col("_text_invalid_utf8") | ~F.is_valid_utf8(text)
     too_long = F.length(text) > F.lit(cfg.max_text_chars)
     no_target = (F.col("url").isNull() | (F.trim(F.col("url")) == "")) & F.col("image_ref").isNull()
 
@@ -67,7 +69,7 @@ def with_ingest_decisions(raw: DataFrame, cfg: IngestConfig, uid_column: str | N
         F.when(malformed, F.substring(F.col("_malformed"), 1, DETAIL_CHARS))
         .when(uid_missing, F.lit(f"uid column {uid_column!r} is null or blank; stand-in uid from url+text"))
         .when(blank, F.when(text.isNull(), F.lit("text is null")).otherwise(F.concat(F.lit("text is blank, length "), F.length(text))))
-        .when(undecodable, F.lit("text is not valid UTF-8 (invalid bytes or U+FFFD)"))
+        .when(undecodable, F.lit("text is not valid UTF-8"))
         .when(too_long, F.concat(F.lit(f"text length > {cfg.max_text_chars}: "), F.length(text)))
     )
     df = raw.withColumn("_base_uid", base_uid).withColumn("_reason", reason).withColumn("_detail", detail)

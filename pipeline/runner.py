@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.config import STAGES, PipelineConfig
 from pipeline.errors import UserError
-from pipeline.runs import Run, StageResult
+from pipeline.runs import Run, StageResult, check_outside
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,12 @@ def _upstreams(run: Run, stage: Stage, enabled: Sequence[str]) -> list[str]:
     return chosen
 
 
+def check_run_folder(cfg: PipelineConfig) -> None:
+    """The run folder lies outside the pool that ingest reads (checked before Spark starts, and again by run_pipeline)."""
+    if cfg.run.output and cfg.run.input and "ingest" in cfg.run.stages:
+        check_outside(cfg.run.output, cfg.run.input, pool=True, output_name="run.output", input_name="run.input")
+
+
 def run_pipeline(
     spark, cfg: PipelineConfig, from_stage: str | None = None, force: bool = False, command: list[str] | None = None
 ) -> PipelineResult:
@@ -129,6 +135,7 @@ def run_pipeline(
         raise RunError(f"--from {from_stage}: not one of the enabled stages ({', '.join(enabled)})")
     if "ingest" in enabled and not cfg.run.input:
         raise RunError("run.input: no pool given for ingest; pass --input POOL or set run.input in the config")
+    check_run_folder(cfg)
     started = time.time()
     root = cfg.run.output.rstrip("/")
     run = Run(spark, root)
@@ -267,6 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     cfg = _config(args, {"run.input": args.input, "run.output": args.output, "run.stages": stages})
+    check_run_folder(cfg)
     spark = _spark(cfg)
     result = run_pipeline(spark, cfg, from_stage=args.from_stage, command=["run", *sys.argv[1:]])
     for line in describe(result):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import re
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from pipeline.errors import UserError
 from pipeline.fs import RunFS
 from pipeline.ledger import DETAIL, REASON, split_decisions
 
@@ -99,9 +101,11 @@ class Run:
                 "python": platform.python_version(),
                 "spark": self.spark.version,
                 "spark_master": self.spark.sparkContext.master,
+                # The session's settings (`SET`): what it started with plus what was set since,
+                # such as the config's SQL settings applied under spark-submit.
                 "spark_conf": {
-                    k: v for k, v in self.spark.sparkContext.getConf().getAll()
-                    if k.startswith(("spark.master", "spark.sql.shuffle", "spark.executor", "spark.driver.memory"))
+                    row.key: row.value for row in self.spark.sql("SET").collect()
+                    if row.key.startswith(("spark.master", "spark.sql.", "spark.executor", "spark.driver.memory"))
                 },
                 "invocations": history[-50:],
             },
@@ -251,6 +255,38 @@ class Run:
         if not self.fs.exists(path):
             raise FileNotFoundError(f"input not found: {path}")
         return path
+
+
+def check_outside(
+    run_root: str, source: str, pool: bool = False, output_name: str = "--output", input_name: str = "the input"
+) -> None:
+    """Refuse a run folder inside the folder a stage reads (`pool`: the pool ingest reads, or that folder itself).
+
+    A run folder in the pool makes ingest read the run's own files (run.json first) as pool rows
+    and fail deep in Spark; one inside a later stage's input is read with it, or deleted when the
+    stage it sits in recommits. A later stage's input may be the run folder itself (its upstream
+    stage's output), so only `pool` refuses the same folder.
+    """
+    out, src = _comparable(run_root), _comparable(source)
+    if out == src and pool:
+        raise UserError(f"{output_name} {run_root} is the input {source}: choose a run folder outside the pool")
+    if out != src and out.startswith(src):
+        where = "the pool" if pool else "it"
+        raise UserError(f"{output_name} {run_root} is inside {input_name} {source}: choose a run folder outside {where}")
+
+
+_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def _comparable(path: str) -> str:
+    """`path` with a trailing slash, so a prefix test is a folder test (/a/bc is not inside /a/b):
+    local paths absolute with symlinks resolved, other URIs (s3a://, hdfs://) as written."""
+    scheme = _URI.match(path)
+    if scheme and scheme.group(1).lower() != "file":
+        return path.rstrip("/") + "/"
+    if scheme:  # file:/x, file:///x
+        path = "/" + path[len(scheme.group(0)):].lstrip("/")
+    return os.path.join(os.path.realpath(path), "")
 
 
 @contextmanager

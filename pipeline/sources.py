@@ -1,8 +1,9 @@
 """Readers for the pool formats people have, each returning one raw frame for the ingest stage.
 
 A raw frame has `url`, `text`, `image_ref`, `_uid_given` (the user's uid or null),
-`_malformed` (the raw record when the row could not be parsed, else null) and any extra
-columns worth keeping (width, height, scores, source_key, license).
+`_malformed` (the raw record when the row could not be parsed, else null),
+`_text_invalid_utf8` (the caption's bytes were not valid UTF-8) and any extra columns worth
+keeping (width, height, scores, source_key, license).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -33,6 +34,19 @@ HEIGHT_ALIASES = ("height", "original_height", "image_height")
 SCORE_PATTERN = re.compile(r"(similarity|score|_sim$)", re.IGNORECASE)
 IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
 CORRUPT = "_corrupt_record"
+# A reader that decodes bytes itself lists here the columns whose bytes were not valid UTF-8;
+# their values hold those bytes decoded with U+FFFD. A U+FFFD cannot say this by itself: a
+# valid caption may hold one (mojibake is common in LAION).
+INVALID_UTF8 = "_invalid_utf8"
+# One character per byte: text decoded with it encodes back to the very bytes read.
+LATIN1 = "ISO-8859-1"
+# A well-formed UTF-8 sequence of two to four bytes (Unicode 15, table 3-7), over text decoded as
+# ISO-8859-1; the alternative after it is any other byte >= 0x80, i.e. an invalid one.
+VALID_UTF8_MULTIBYTE = (
+    r"[\xC2-\xDF][\x80-\xBF]|\xE0[\xA0-\xBF][\x80-\xBF]|[\xE1-\xEC\xEE\xEF][\x80-\xBF]{2}"
+    r"|\xED[\x80-\x9F][\x80-\xBF]|\xF0[\x90-\xBF][\x80-\xBF]{2}|[\xF1-\xF3][\x80-\xBF]{3}"
+    r"|\xF4[\x80-\x8F][\x80-\xBF]{2}"
+)
 EXTRA_COLUMNS = ("width", "height", "image_ref", "source_key", "license")
 
 
@@ -119,7 +133,7 @@ def _pick(columns: list[str], explicit: str | None, aliases: tuple[str, ...], wh
 
 def _normalise(df: DataFrame, cfg: IngestConfig, fmt: str, force_uid: str | None = None) -> RawPool:
     """Map a frame with arbitrary column names onto the raw-pool columns."""
-    cols = [c for c in df.columns if c != CORRUPT]
+    cols = [c for c in df.columns if c not in (CORRUPT, INVALID_UTF8)]
     text_c = _pick(cols, cfg.text_col, TEXT_ALIASES, "text")
     if text_c is None:
         raise InputError(
@@ -146,6 +160,11 @@ def _normalise(df: DataFrame, cfg: IngestConfig, fmt: str, force_uid: str | None
         text_of(text_c).alias("text"),
         (F.col("image_ref") if "image_ref" in cols else F.lit(None).cast("string")).alias("image_ref"),
         (F.col(CORRUPT) if CORRUPT in df.columns else F.lit(None).cast("string")).alias("_malformed"),
+        (
+            F.coalesce(F.array_contains(F.col(INVALID_UTF8), text_c), F.lit(False))
+            if INVALID_UTF8 in df.columns
+            else F.lit(False)  # Parquet: the text column holds the file's bytes; ingest checks them
+        ).alias("_text_invalid_utf8"),
     ]
     extras = ["image_ref"]
     if key_c:
@@ -165,6 +184,16 @@ def _normalise(df: DataFrame, cfg: IngestConfig, fmt: str, force_uid: str | None
         extras.append(c)
     log.info("ingest %s: text=%s url=%s uid=%s", fmt, text_c, url_c, uid_c or "(hash of url+text)")
     return RawPool(df.select(*select), fmt, uid_c, tuple(extras))
+
+
+def _latin1_bytes(c: Column) -> Column:
+    """The bytes a column read as ISO-8859-1 was decoded from, as a string (valid UTF-8 or not)."""
+    return F.encode(c, LATIN1).cast("string")
+
+
+def _invalid_utf8_columns(raw: dict[str, Column]) -> Column:
+    """The names of the columns in `raw` (name -> undecoded bytes) that are not valid UTF-8."""
+    return F.array_compact(F.array(*[F.when(~F.is_valid_utf8(c), F.lit(name)) for name, c in raw.items()]))
 
 
 def _read_delimited(spark: SparkSession, path: str, cfg: IngestConfig, sep: str, fmt: str) -> RawPool:
@@ -195,41 +224,82 @@ def _read_delimited(spark: SparkSession, path: str, cfg: IngestConfig, sep: str,
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT)
         .option("multiLine", "false")
-        .option("encoding", "UTF-8")
+        # Spark would decode UTF-8 with U+FFFD for invalid bytes, losing that they were invalid.
+        # ISO-8859-1 maps each byte to one character and the separators are ASCII, so fields come
+        # out as their bytes and are decoded here.
+        .option("encoding", LATIN1)
     )
     if fmt == "tsv":
         reader = reader.option("quote", "")  # TSV captions carry bare quotes; no quoting.
     df = reader.csv(path)
+    raw = {n: _latin1_bytes(F.col(f"`{n}`")) for n in names}
+    df = df.select(
+        *[F.make_valid_utf8(c).alias(n) for n, c in raw.items()],
+        F.make_valid_utf8(_latin1_bytes(F.col(CORRUPT))).alias(CORRUPT),
+        _invalid_utf8_columns(raw).alias(INVALID_UTF8),
+    )
     return _normalise(df, cfg, fmt)
+
+
+def load_json_bytes(data: bytes):
+    """(document, the same document without its invalid UTF-8 bytes or None when there are none).
+
+    The document has invalid bytes decoded as U+FFFD. Outside a string a U+FFFD fails the
+    parse, so both documents have the same shape, and a string that differs between them held
+    invalid bytes; a string that is equal did not, U+FFFD or not.
+    """
+    try:
+        return json.loads(data.decode("utf-8")), None
+    except UnicodeDecodeError:
+        pass
+    doc = json.loads(data.decode("utf-8", errors="replace"))
+    return doc, json.loads(data.decode("utf-8", errors="ignore"))
+
+
+def _caption_of(meta) -> str | None:
+    text = (meta.get("caption") or meta.get("text")) if isinstance(meta, dict) else None
+    return text if isinstance(text, str) else None
 
 
 def _read_coco(spark: SparkSession, path: str, cfg: IngestConfig) -> RawPool:
     rows = []
     for file in _list_files(path):
-        with open(file, encoding="utf-8") as fh:
-            try:
-                doc = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        with open(file, "rb") as fh:
+            data = fh.read()
+        try:
+            doc, stripped = load_json_bytes(data)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(doc, dict) or "annotations" not in doc:
             raise InputError(f"{file}: not a COCO captions file (no 'annotations' list)")
         images = {im.get("id"): im for im in doc.get("images", []) if isinstance(im, dict)}
-        for ann in doc["annotations"]:
+        stripped_anns = stripped.get("annotations") if isinstance(stripped, dict) else None
+        for i, ann in enumerate(doc["annotations"]):
             im = images.get(ann.get("image_id"), {}) if isinstance(ann, dict) else {}
             ok = isinstance(ann, dict)
+            caption = ann.get("caption") if ok else None
+            invalid = None
+            if ok and stripped is not None:
+                other = stripped_anns[i] if isinstance(stripped_anns, list) and i < len(stripped_anns) else None
+                if caption != (other.get("caption") if isinstance(other, dict) else None):
+                    invalid = ["caption"]
             rows.append(
                 (
                     im.get("coco_url") or im.get("flickr_url"),
-                    ann.get("caption") if ok else None,
+                    caption,
                     im.get("file_name"),
                     str(ann.get("id")) if ok else None,
                     im.get("width"),
                     im.get("height"),
                     str(im["license"]) if im.get("license") is not None else None,
                     None if ok else json.dumps(ann)[:1000],
+                    invalid,
                 )
             )
-    schema = "url string, caption string, image_ref string, key string, width int, height int, license string, _corrupt_record string"
+    schema = (
+        "url string, caption string, image_ref string, key string, width int, height int, license string, "
+        f"{CORRUPT} string, {INVALID_UTF8} array<string>"
+    )
     df = spark.createDataFrame(rows, schema=schema)
     return _normalise(df, cfg, "coco")
 
@@ -245,12 +315,18 @@ def _read_flickr(spark: SparkSession, path: str, cfg: IngestConfig) -> RawPool:
         F.col("value"),
     ).where(F.length("value") > 0)
     ok = F.col("value").rlike(pattern)
+    # The caption again, from the line's bytes: regexp_extract decodes invalid UTF-8 as U+FFFD.
+    # (?s): a byte 0x85 inside a UTF-8 character reads as NEL, which "." would not match.
+    raw_caption = _latin1_bytes(
+        F.regexp_extract(F.decode(F.col("value").cast("binary"), LATIN1), r"(?s)^\S+?#\d+[\t ](.*)$", 1)
+    )
     df = parsed.select(
         F.lit(None).cast("string").alias("url"),
         F.when(ok, F.col("caption")).alias("caption"),
         F.when(ok, F.col("image")).alias("image_ref"),
         F.when(ok, F.concat_ws("#", "image", "k")).alias("key"),
         F.when(~ok, F.col("value")).alias(CORRUPT),
+        F.when(ok & ~F.is_valid_utf8(raw_caption), F.array(F.lit("caption"))).alias(INVALID_UTF8),
     )
     return _normalise(df, cfg, "flickr")
 
@@ -268,6 +344,7 @@ def _read_webdataset(spark: SparkSession, path: str, cfg: IngestConfig) -> RawPo
             T.StructField("width", T.IntegerType()),
             T.StructField("height", T.IntegerType()),
             T.StructField(CORRUPT, T.StringType()),
+            T.StructField(INVALID_UTF8, T.ArrayType(T.StringType())),
         ]
     )
     rdd = spark.sparkContext.parallelize(tars, max(1, len(tars))).flatMap(read_tar_samples)
@@ -303,25 +380,31 @@ def read_tar_samples(tar_path: str):
                     fh = tar.extractfile(member)
                     entry[ext] = fh.read() if fh else b""
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield (None, None, None, None, None, None, f"unreadable tar {tar_path}: {exc}")
+        yield (None, None, None, None, None, None, f"unreadable tar {tar_path}: {exc}", None)
         return
     for key in order:
         entry = samples[key]
         meta: dict = {}
+        stripped = None
         bad = None
         if ".json" in entry:
             try:
-                meta = json.loads(entry[".json"].decode("utf-8", errors="replace"))
+                meta, stripped = load_json_bytes(entry[".json"])
                 if not isinstance(meta, dict):
                     meta, bad = {}, f"{key}.json is not an object"
             except json.JSONDecodeError as exc:
                 bad = f"{key}.json: {exc.msg}"
         text = None
+        invalid = False
         if ".txt" in entry:
-            # Invalid UTF-8 becomes U+FFFD and is dropped later as undecodable_text.
-            text = entry[".txt"].decode("utf-8", errors="replace")
-        elif isinstance(meta.get("caption") or meta.get("text"), str):
-            text = meta.get("caption") or meta.get("text")
+            try:
+                text = entry[".txt"].decode("utf-8")
+            except UnicodeDecodeError:
+                # Kept readable for the ledger; ingest drops it as undecodable_text.
+                text, invalid = entry[".txt"].decode("utf-8", errors="replace"), True
+        else:
+            text = _caption_of(meta)
+            invalid = stripped is not None and text != _caption_of(stripped)
         image = f"{tar_path}::{entry['image']}" if "image" in entry else None
 
         def as_int(v):
@@ -335,6 +418,7 @@ def read_tar_samples(tar_path: str):
             as_int(meta.get("width")),
             as_int(meta.get("height")),
             bad,
+            ["caption"] if invalid else None,
         )
 
 
@@ -416,4 +500,20 @@ def _read_json_lines(spark, path: str) -> DataFrame:
         F.when(lone, F.concat(F.lit("lone UTF-16 surrogate escape in: "), F.col("value")))
         .when(F.col(f"j.{CORRUPT}").isNotNull() | F.col("j").isNull(), F.col("value"))
     )
-    return parsed.select(*[F.col(f"j.{f.name}").alias(f.name) for f in fields], corrupt.alias(CORRUPT))
+    # from_json decodes invalid UTF-8 as U+FFFD. A line with invalid bytes is parsed again without
+    # them (as in load_json_bytes): a string field that differs between the parses held some.
+    valid = F.is_valid_utf8("value")
+    without_invalid = _latin1_bytes(
+        F.regexp_replace(F.decode(F.col("value").cast("binary"), LATIN1), f"({VALID_UTF8_MULTIBYTE})|[\\x80-\\xFF]", "$1")
+    )
+    stripped = F.when(~valid, F.from_json(without_invalid, schema, {"mode": "PERMISSIVE"}))
+    texts = [f.name for f in fields if isinstance(f.dataType, T.StringType)]
+    invalid = F.when(
+        ~valid,
+        F.array_compact(F.array(*[F.when(~F.col("j")[n].eqNullSafe(stripped[n]), F.lit(n)) for n in texts])),
+    )
+    return parsed.select(
+        *[F.col(f"j.{f.name}").alias(f.name) for f in fields],
+        corrupt.alias(CORRUPT),
+        (invalid if texts else F.lit(None).cast("array<string>")).alias(INVALID_UTF8),
+    )

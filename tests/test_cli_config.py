@@ -90,18 +90,86 @@ def test_cli_ingest_writes_run_json_and_errors_are_one_line(spark, tmp_path, cap
     assert "text column 'nope' not found; columns present: URL, TEXT" in capsys.readouterr().err
 
 
+def test_a_run_folder_inside_the_input_is_one_line(spark, tmp_path, capsys):
+    """A run folder in the pool would make ingest read its own run.json as pool rows: refused in one
+    line (ingest, `curate run`), before anything is written. A later stage may take the run folder
+    itself as input, but not a folder inside its input."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "a.jsonl").write_text('{"url": "http://a/1.jpg", "text": "a dog"}\n')
+    data = tmp_path / "elsewhere" / "ingest" / "data"
+    cases = [
+        (["ingest", "--input", str(pool), "--output", str(pool / "run")],
+         f"curate ingest: error: --output {pool}/run is inside the input {pool}: choose a run folder outside the pool"),
+        (["ingest", "--input", f"{pool}/", "--output", str(pool)],
+         f"curate ingest: error: --output {pool} is the input {pool}/: choose a run folder outside the pool"),
+        (["run", "--input", str(pool), "--output", str(pool / "r" / "un"), "--stages", "ingest,match"],
+         f"curate run: error: run.output {pool}/r/un is inside run.input {pool}: choose a run folder outside the pool"),
+        (["match", "--input", str(data), "--output", str(data / "x"), "--metadata", str(pool / "a.jsonl")],
+         f"curate match: error: --output {data}/x is inside the input {data}: choose a run folder outside it"),
+    ]
+    for args, line in cases:
+        assert main(args) == 2, args
+        assert capsys.readouterr().err.strip().splitlines() == [line]
+    from pipeline.errors import UserError
+    from pipeline.runner import run_pipeline
+
+    cfg = load_config(None, {"run.input": str(pool), "run.output": f"file://{pool}/run", "run.stages": ["ingest"]})
+    with pytest.raises(UserError, match=r"run\.output file://.*/pool/run is inside run\.input"):
+        run_pipeline(spark, cfg)  # the Python API too
+    assert [p.name for p in pool.iterdir()] == ["a.jsonl"] and not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize(
+    "output, source, pool, inside",
+    [
+        ("RUN", "RUN", False, False),  # a later stage reading the run's own upstream output
+        ("RUN", "RUN/match", False, False),
+        ("RUN", "RUN", True, True),
+        ("pool-b", "pool", True, False),  # a sibling whose name starts with the pool's
+        ("pool/../run", "pool", True, False),
+        ("link/run", "pool", True, True),  # link -> pool
+        ("file:TMP/pool/run", "pool", True, True),
+        ("s3a://bucket/a/bc", "s3a://bucket/a/b", True, False),
+        ("s3a://bucket/a/b/run", "s3a://bucket/a/b/", True, True),
+        ("s3a://bucket/a/b", "s3a://bucket/a/b", False, False),
+        ("hdfs:///runs/x/y", "hdfs:///runs/x", False, True),
+    ],
+)
+def test_which_run_folders_are_inside_the_input(tmp_path, monkeypatch, output, source, pool, inside):
+    from pipeline.errors import UserError
+    from pipeline.runs import check_outside
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "pool")
+    monkeypatch.chdir(tmp_path)
+    output = output.replace("TMP", str(tmp_path))
+    if inside:
+        with pytest.raises(UserError, match="choose a run folder outside"):
+            check_outside(output, source, pool=pool)
+    else:
+        check_outside(output, source, pool=pool)
+
+
 @pytest.mark.slow
 def test_spark_submit_settings_win(tmp_path):
-    """Under spark-submit the job takes the master and settings given there, not the config's."""
+    """Under spark-submit its master and --conf settings win; the config's other stated settings
+    apply where the driver can set them (runtime SQL settings) and are one warning line where it
+    cannot (driver memory, stated here equal to its default: stated still counts)."""
     pool = tmp_path / "pool.tsv"
     pool.write_text("a caption\thttp://a/1.jpg\nanother one\thttp://a/2.jpg\n")
     run = tmp_path / "run"
+    config = write_yaml(
+        tmp_path,
+        "spark:\n  master: local[2]\n  shuffle_partitions: 5\n  driver_memory: 4g\n"
+        "  conf:\n    spark.sql.files.maxRecordsPerFile: '1234'\n",
+    )
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     proc = subprocess.run(
         [
             str(BIN / "spark-submit"), "--master", "local[1]", "--conf", "spark.sql.shuffle.partitions=3",
             "--conf", "spark.ui.enabled=false",
-            str(ROOT / "jobs" / "ingest.py"), "--input", str(pool), "--output", str(run),
+            str(ROOT / "jobs" / "ingest.py"), "--input", str(pool), "--output", str(run), "--config", str(config),
         ],
         env=env, capture_output=True, text=True, timeout=300,
     )
@@ -109,7 +177,14 @@ def test_spark_submit_settings_win(tmp_path):
     record = json.loads((run / "run.json").read_text())
     assert record["spark_master"] == "local[1]"
     assert record["spark_conf"]["spark.sql.shuffle.partitions"] == "3"
+    assert record["spark_conf"]["spark.sql.files.maxRecordsPerFile"] == "1234"
     assert json.loads((run / "ingest" / "stats.json").read_text())["kept"] == 2
+    # spark-submit passes the Python driver's stderr on to its own stdout.
+    warnings = [line.split(" pipeline.spark: ", 1)[1] for line in proc.stdout.splitlines() if " WARNING pipeline.spark: " in line]
+    assert warnings == [
+        "spark.driver.memory=4g from the config is not applied: under spark-submit the driver can change only "
+        "runtime SQL settings; pass it to spark-submit (--conf spark.driver.memory=4g)"
+    ]
 
 
 def test_open_clip_imports_and_runs_a_tiny_model():

@@ -236,6 +236,28 @@ def test_cluster_is_partition_invariant_and_skips_when_complete(spark, clustered
     assert [list(v) for v in da.top_clusters] == [list(v) for v in db.top_clusters]
 
 
+def test_curate_cluster_in_a_child_equals_the_api_and_logs_quietly(clustered, tmp_path):
+    """`curate cluster` in a process of its own: the fixture's config as flags gives the fixture's
+    centroids, and stderr carries no faiss loader lines and no Spark progress bar."""
+    import subprocess
+    import sys
+
+    from tests.pipeline_runs import ROOT, child_env
+
+    run = tmp_path / "run"
+    flags = ["--k", "5", "--niter", "10", "--sample-per-centroid", "60", "--top-m", "3", "--seed", "11"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "cluster", "--input", clustered["input"], "--output", str(run), *flags,
+         "--master", "local[1]"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(run / "cluster" / "centroids.npy"), np.load(f"{clustered['run']}/cluster/centroids.npy"))
+    assert "cluster: 500 in, 494 kept" in proc.stderr, proc.stderr[-3000:]  # our own INFO lines still show
+    for noise in ("faiss.loader", "Loading faiss", "[Stage "):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_cli_errors_are_one_line(spark, clustered, tmp_path, capsys):
     from pipeline.cli import main
 

@@ -15,7 +15,25 @@ from pipeline.api import run_ingest
 from pipeline.config import IngestConfig, PipelineConfig
 from pipeline.ingest import with_ingest_decisions
 from pipeline.ledger import split_decisions
+from pipeline.match import Matcher
 from pipeline.sources import InputError, read_pool
+
+# A valid caption may hold U+FFFD (LAION mojibake: "Oklahoman\ufffds"); it is a caption. Only
+# bytes that are not UTF-8 make a caption undecodable.
+MOJIBAKE = "caf\ufffd dog"
+MOJIBAKE_UTF8 = MOJIBAKE.encode()  # b"caf\xef\xbf\xbd dog"
+LATIN1_BYTES = b"caf\xe9 au lait"  # "cafe" in ISO-8859-1: not UTF-8
+
+
+def assert_mojibake_goes_on(texts) -> None:
+    """Kept captions holding U+FFFD match the entry next to it, as any caption would."""
+    mojibake = [t for t in texts if "\ufffd" in t]
+    assert mojibake and all(Matcher(["dog"]).match(t) == [0] for t in mojibake)
+
+
+def invalid_utf8_strings(values: list[bytes]) -> pa.Array:
+    """A Parquet string column with bytes as they are; pyarrow refuses to build it from bytes."""
+    return pa.array(values, pa.binary()).view(pa.string())
 
 
 def decide(spark, path, **cfg_kwargs):
@@ -41,15 +59,15 @@ def assert_accounted(ledger, n_input: int) -> None:
 
 def test_parquet_laion_style_columns_and_hash_uid(spark, tmp_path):
     path = tmp_path / "laion.parquet"
-    pq.write_table(
-        pa.table({"URL": ["http://a/1.jpg", "http://a/2.jpg", "http://a/1.jpg"], "TEXT": ["a dog", "a cat", "a dog"]}),
-        path,
-    )
+    urls = ["http://a/1.jpg", "http://a/2.jpg", "http://a/1.jpg", "http://a/3.jpg", "http://a/4.jpg"]
+    texts = [b"a dog", b"a cat", b"a dog", MOJIBAKE_UTF8, LATIN1_BYTES]
+    pq.write_table(pa.table({"URL": urls, "TEXT": invalid_utf8_strings(texts)}), path)
     raw, kept, ledger = decide(spark, path)
     assert raw.fmt == "parquet" and raw.uid_given is None
-    assert sorted(kept.text) == ["a cat", "a dog"]
-    assert reasons_of(ledger) == {R.DUPLICATE_URL_TEXT: 1}
-    assert_accounted(ledger, 3)
+    assert sorted(kept.text) == ["a cat", "a dog", "caf\ufffd dog"]
+    assert reasons_of(ledger) == {R.DUPLICATE_URL_TEXT: 1, R.UNDECODABLE_TEXT: 1}
+    assert_accounted(ledger, 5)
+    assert_mojibake_goes_on(kept.text)
     # The uid is a content hash: the same pair gets the same uid in another file.
     pq.write_table(pa.table({"url": ["http://a/1.jpg"], "caption": ["a dog"]}), tmp_path / "other.parquet")
     _, kept2, _ = decide(spark, tmp_path / "other.parquet")
@@ -86,22 +104,26 @@ def test_tsv_cc3m_style_without_header(spark, tmp_path):
 
 def test_csv_with_header_quotes_and_ragged_rows(spark, tmp_path):
     path = tmp_path / "pool.csv"
-    path.write_text(
+    path.write_bytes(
         'uid,url,caption\n'
         'u1,http://a/1.jpg,"dog, cat and bird"\n'
         'u2,http://a/2.jpg\n'  # ragged: too few fields
         'u3,http://a/3.jpg,fine,extra\n'  # ragged: too many fields
         ',http://a/4.jpg,no uid here\n'  # null uid
-        'u1,http://a/5.jpg,same uid again\n',
-        encoding="utf-8",
+        'u1,http://a/5.jpg,same uid again\n'
+        'u6,http://a/6.jpg,"Ålesund … Ņ, \u2028 dog"\n'.encode()  # bytes 0x85 and 0xA8 inside UTF-8
+        + b"u7,http://a/7.jpg," + MOJIBAKE_UTF8 + b"\n"
+        + b"u8,http://a/8.jpg," + LATIN1_BYTES + b"\n"
     )
     raw, kept, ledger = decide(spark, path)
     assert raw.uid_given == "uid"
-    assert kept.text.tolist() == ["dog, cat and bird"]
-    assert reasons_of(ledger) == {R.MALFORMED_ROW: 2, R.MISSING_UID: 1, R.DUPLICATE_UID: 1}
+    assert sorted(kept.text) == ["caf\ufffd dog", "dog, cat and bird", "Ålesund … Ņ, \u2028 dog"]
+    assert_mojibake_goes_on(kept.text)
+    assert reasons_of(ledger) == {R.MALFORMED_ROW: 2, R.MISSING_UID: 1, R.DUPLICATE_UID: 1, R.UNDECODABLE_TEXT: 1}
+    assert ledger[ledger.reason == R.UNDECODABLE_TEXT].uid.tolist() == ["u8"]
     dup = ledger[ledger.reason == R.DUPLICATE_UID].iloc[0]
     assert dup.uid == "u1#dup2" and "u1" in dup.detail
-    assert_accounted(ledger, 5)
+    assert_accounted(ledger, 8)
 
 
 def test_non_utf8_bytes_and_huge_caption_and_blank(spark, tmp_path):
@@ -112,14 +134,17 @@ def test_non_utf8_bytes_and_huge_caption_and_blank(spark, tmp_path):
         b"caf\xe9 latin-1 bytes\thttp://a/2.jpg\n"
         + huge.encode() + b"\thttp://a/3.jpg\n"
         b" \t\thttp://a/4.jpg\n"
+        + MOJIBAKE_UTF8 + b"\thttp://a/5.jpg\n"
+        + "Ålesund … Ņ \u00a0dog\thttp://a/6.jpg\n".encode()
     )
     _, kept, ledger = decide(spark, path)
-    assert kept.text.tolist() == ["good caption"]
+    assert sorted(kept.text) == ["caf\ufffd dog", "good caption", "Ålesund … Ņ \u00a0dog"]
+    assert_mojibake_goes_on(kept.text)
     got = reasons_of(ledger)
     assert got[R.UNDECODABLE_TEXT] == 1 and got[R.TEXT_TOO_LONG] == 1
     # " \t" before the URL: the blank line's caption is blank, or the row is ragged; either way it is recorded.
     assert sum(got.values()) == 3
-    assert_accounted(ledger, 4)
+    assert_accounted(ledger, 6)
 
 
 def test_jsonl_with_a_corrupt_line_and_missing_url(spark, tmp_path):
@@ -148,29 +173,38 @@ def test_coco_captions_json(spark, tmp_path):
             {"image_id": 1, "id": 10, "caption": "A black Honda motorcycle."},
             {"image_id": 1, "id": 11, "caption": "A motorcycle in a garage."},
             {"image_id": 2, "id": 12, "caption": "  "},
+            {"image_id": 1, "id": 13, "caption": MOJIBAKE},
+            {"image_id": 1, "id": 14, "caption": "LATIN1"},
         ],
     }
     path = tmp_path / "captions_val.json"
-    path.write_text(json.dumps(doc))
+    path.write_bytes(json.dumps(doc, ensure_ascii=False).encode().replace(b'"LATIN1"', b'"' + LATIN1_BYTES + b'"'))
     raw, kept, ledger = decide(spark, path)
     assert raw.fmt == "coco"
-    assert sorted(kept.source_key) == ["10", "11"]
+    assert sorted(kept.source_key) == ["10", "11", "13"]
+    assert kept[kept.source_key == "13"].text.tolist() == ["caf\ufffd dog"]
+    assert_mojibake_goes_on(kept.text)
     assert set(kept.width) == {640} and set(kept.license) == {"4"}
-    assert reasons_of(ledger) == {R.EMPTY_TEXT: 1}
+    assert reasons_of(ledger) == {R.EMPTY_TEXT: 1, R.UNDECODABLE_TEXT: 1}
 
 
 def test_flickr8k_token_file_with_space_separator(spark, tmp_path):
     path = tmp_path / "Flickr8k.token.txt"
-    path.write_text(
+    path.write_bytes(
         "1000268201_693b08cb0e.jpg#0 A child in a pink dress .\n"
         "1000268201_693b08cb0e.jpg#1\tA girl going into a wooden building .\n"
         "garbage line without id\n"
+        "1000268201_693b08cb0e.jpg#2\tÅlesund … Ņ dog\n".encode()
+        + b"1000268201_693b08cb0e.jpg#3\t" + MOJIBAKE_UTF8 + b"\n"
+        + b"1000268201_693b08cb0e.jpg#4\t" + LATIN1_BYTES + b"\n"
     )
     raw, kept, ledger = decide(spark, path)
     assert raw.fmt == "flickr"
-    assert sorted(kept.source_key) == ["1000268201_693b08cb0e.jpg#0", "1000268201_693b08cb0e.jpg#1"]
+    assert sorted(kept.source_key) == [f"1000268201_693b08cb0e.jpg#{k}" for k in range(4)]
     assert set(kept.image_ref) == {"1000268201_693b08cb0e.jpg"}
-    assert reasons_of(ledger) == {R.MALFORMED_ROW: 1}
+    assert sorted(kept.text)[-2:] == ["caf\ufffd dog", "Ålesund … Ņ dog"]
+    assert_mojibake_goes_on(kept.text)
+    assert reasons_of(ledger) == {R.MALFORMED_ROW: 1, R.UNDECODABLE_TEXT: 1}
 
 
 def _tar(path, members: dict[str, bytes]) -> None:
@@ -193,14 +227,23 @@ def test_webdataset_tars(spark, tmp_path):
             "001.jpg": b"\xff\xd8fake",
             "001.txt": b"\xffbroken bytes",
             "002.txt": b"caption without image or url",
+            "003.jpg": b"\xff\xd8fake",
+            "003.txt": MOJIBAKE_UTF8,
+            # A caption from .json: invalid bytes in the url only, then in the caption.
+            "004.jpg": b"\xff\xd8fake",
+            "004.json": b'{"url": "http://a/\xff4.jpg", "caption": "json ' + MOJIBAKE_UTF8 + b'"}',
+            "005.jpg": b"\xff\xd8fake",
+            "005.json": b'{"url": "http://a/5.jpg", "caption": "' + LATIN1_BYTES + b'"}',
         },
     )
     (shards / "00001.tar").write_bytes(b"this is not a tar archive")
     raw, kept, ledger = decide(spark, shards)
     assert raw.fmt == "webdataset"
-    assert kept.text.tolist() == ["a dog on the beach"]
-    assert kept.image_ref[0].endswith("00000.tar::000.jpg") and kept.width[0] == 64
-    assert reasons_of(ledger) == {R.UNDECODABLE_TEXT: 1, R.NO_URL_OR_IMAGE: 1, R.MALFORMED_ROW: 1}
+    kept = kept.sort_values("source_key")
+    assert kept.text.tolist() == ["a dog on the beach", "caf\ufffd dog", "json caf\ufffd dog"]
+    assert_mojibake_goes_on(kept.text)
+    assert kept.image_ref.iloc[0].endswith("00000.tar::000.jpg") and kept.width.iloc[0] == 64
+    assert reasons_of(ledger) == {R.UNDECODABLE_TEXT: 2, R.NO_URL_OR_IMAGE: 1, R.MALFORMED_ROW: 1}
     assert "unreadable tar" in ledger[ledger.reason == R.MALFORMED_ROW].detail.iloc[0]
 
 
@@ -214,12 +257,19 @@ def test_jsonl_lone_surrogates_and_invalid_bytes_are_caught(spark, tmp_path):
         b'{"url": "http://a/4.jpg", "text": "an escaped \\\\ud800 backslash"}\n'  # not an escape
         b'{"url": "http://a/5.jpg", "text": "bad \xff\xfe bytes"}\n'
         b"\n"
+        b'{"url": "http://a/6.jpg", "text": "' + MOJIBAKE_UTF8 + b'"}\n'
+        # Invalid bytes in the url only: the line is not UTF-8, its caption is (U+FFFD and all).
+        b'{"url": "http://a/\xff7.jpg", "text": "' + MOJIBAKE_UTF8 + b' 7"}\n'
+        b'{"url": "http://a/8.jpg", "text": "escaped \\ufffd dog", "alt": "\xe9"}\n'
     )
     _, kept, ledger = decide(spark, path)
-    assert sorted(kept.text) == ["an emoji \U0001F600 dog", "an escaped \\ud800 backslash"]
+    assert sorted(kept.text) == [
+        "an emoji \U0001F600 dog", "an escaped \\ud800 backslash", "caf\ufffd dog", "caf\ufffd dog 7", "escaped \ufffd dog",
+    ]
+    assert_mojibake_goes_on(kept.text)
     assert reasons_of(ledger) == {R.MALFORMED_ROW: 2, R.UNDECODABLE_TEXT: 1}
     assert ledger[ledger.reason == R.MALFORMED_ROW].detail.str.startswith("lone UTF-16 surrogate").all()
-    assert_accounted(ledger, 5)
+    assert_accounted(ledger, 8)
 
 
 def test_same_url_and_text_under_different_uids(spark, tmp_path):
@@ -240,23 +290,26 @@ def test_datacomp_metadata_parquet(spark, tmp_path):
     pq.write_table(
         pa.table(
             {
-                "uid": ["aa", "bb"],
-                "url": ["http://a/1", "http://a/2"],
-                "text": ["one", "two"],
-                "original_width": [100, 200],
-                "original_height": [50, 60],
-                "clip_b32_similarity_score": [0.31, 0.22],
-                "clip_l14_similarity_score": [0.28, 0.2],
-                "sha256": ["x", "y"],
+                "uid": ["aa", "bb", "cc", "dd"],
+                "url": ["http://a/1", "http://a/2", "http://a/3", "http://a/4"],
+                "text": invalid_utf8_strings([b"one", b"two", MOJIBAKE_UTF8, LATIN1_BYTES]),
+                "original_width": [100, 200, 300, 400],
+                "original_height": [50, 60, 70, 80],
+                "clip_b32_similarity_score": [0.31, 0.22, 0.3, 0.4],
+                "clip_l14_similarity_score": [0.28, 0.2, 0.3, 0.4],
+                "sha256": ["x", "y", "z", "w"],
             }
         ),
         path,
     )
-    raw, kept, _ = decide(spark, path, format="datacomp")
+    raw, kept, ledger = decide(spark, path, format="datacomp")
     assert raw.uid_given == "uid"
     kept = kept.sort_values("uid")
-    assert kept.uid.tolist() == ["aa", "bb"] and kept.width.tolist() == [100, 200]
-    assert kept.clip_b32_similarity_score.tolist() == pytest.approx([0.31, 0.22])
+    assert kept.uid.tolist() == ["aa", "bb", "cc"] and kept.width.tolist() == [100, 200, 300]
+    assert kept.text.tolist() == ["one", "two", "caf\ufffd dog"]
+    assert_mojibake_goes_on(kept.text)
+    assert kept.clip_b32_similarity_score.tolist() == pytest.approx([0.31, 0.22, 0.3])
+    assert ledger[ledger.reason == R.UNDECODABLE_TEXT].uid.tolist() == ["dd"]
     assert "sha256" not in kept.columns
 
 
