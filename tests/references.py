@@ -14,6 +14,8 @@ METACLIP_WRAPPED_MARKS = (
     "!",  # exclamation mark
     "`",  # backtick
 )
+# The same marks as pytest parameters with readable ids (comma, ..., backtick).
+MARK_NAMES = ("comma", "period", "semicolon", "colon", "question", "exclamation", "backtick")
 # ... and each of these becomes one space.
 METACLIP_SPACE_CHARS = (
     "\t",  # tab

@@ -24,6 +24,7 @@ from pipeline.metadata import (
     wordnet_lemmas,
     write_metadata,
 )
+from tests.references import MARK_NAMES, METACLIP_WRAPPED_MARKS
 
 WORDNET_DIR = "/usr/share/wordnet"
 
@@ -170,16 +171,9 @@ def test_corpus_bigrams_with_rare_pairs_allowed(corpus):
     assert bigrams == ["I love", "is big", "price 3"]
 
 
-# MISSION.md's wrapped marks, written out (not taken from pipeline): each splits tokens and ends a run.
-WRAPPED_MARKS = [
-    pytest.param(",", id="comma"),
-    pytest.param(".", id="period"),
-    pytest.param(";", id="semicolon"),
-    pytest.param(":", id="colon"),
-    pytest.param("?", id="question"),
-    pytest.param("!", id="exclamation"),
-    pytest.param("`", id="backtick"),
-]
+# MISSION.md's wrapped marks, written out in tests/references.py (not taken from pipeline): each
+# splits tokens and ends a run.
+WRAPPED_MARKS = [pytest.param(m, id=n) for m, n in zip(METACLIP_WRAPPED_MARKS, MARK_NAMES, strict=True)]
 
 
 @pytest.mark.parametrize("mark", WRAPPED_MARKS)
