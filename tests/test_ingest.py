@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -72,10 +73,12 @@ def test_parquet_laion_style_columns_and_hash_uid(spark, tmp_path):
     pq.write_table(pa.table({"url": ["http://a/1.jpg"], "caption": ["a dog"]}), tmp_path / "other.parquet")
     _, kept2, _ = decide(spark, tmp_path / "other.parquet")
     assert kept2.uid[0] == kept[kept.text == "a dog"].uid.iloc[0]
-    assert len(kept2.uid[0]) == 32
+    # The documented hash, written out: sha256 of "u:" url, a unit separator, "t:" text; 32 hex digits.
+    assert kept2.uid[0] == hashlib.sha256(b"u:http://a/1.jpg\x1ft:a dog").hexdigest()[:32]
 
 
-def test_null_vs_empty_url_hash_differently(spark, tmp_path):
+def test_null_and_empty_url_hash_as_documented(spark, tmp_path):
+    # A null is "u!" where a value is "u:" + value, so a null url and an empty one differ.
     path = tmp_path / "p.parquet"
     pq.write_table(
         pa.table({"uid": ["a", "b"], "url": [None, ""], "text": ["x", "x"], "image_ref": ["img.jpg", "img.jpg"]}), path
@@ -85,7 +88,7 @@ def test_null_vs_empty_url_hash_differently(spark, tmp_path):
     from pipeline.ingest import content_hash
 
     df = spark.read.parquet(str(path)).select(content_hash(F.col("url"), F.col("text")).alias("h")).toPandas()
-    assert df.h[0] != df.h[1]
+    assert df.h.tolist() == [hashlib.sha256(b"u!\x1ft:x").hexdigest()[:32], hashlib.sha256(b"u:\x1ft:x").hexdigest()[:32]]
 
 
 def test_tsv_cc3m_style_without_header(spark, tmp_path):
