@@ -8,8 +8,8 @@ A URL is refused, before any request, when
 - its host is a known cloud-metadata name (metadata.google.internal, ...);
 - its host does not resolve (getaddrinfo), or ANY address it resolves to is loopback, private,
   link-local, multicast, unspecified, reserved, otherwise not globally routable, or a
-  cloud-metadata address (169.254.169.254, fd00:ec2::254, 100.100.100.200, ...). IPv4-mapped
-  IPv6 addresses are judged by their IPv4 address.
+  cloud-metadata address (169.254.169.254, fd00:ec2::254, 100.100.100.200, ...), or IPv6
+  site-local (fec0::/10). IPv4-mapped and 6to4 IPv6 addresses are judged by their IPv4 address.
 
 The same policy is enforced again at connection time inside the download workers
 (`build_opener`): every TCP connection the opener makes, the ones that follow redirects
@@ -96,6 +96,16 @@ def address_kind(addr: Address) -> str | None:
     """Why this address may not be fetched from (None: it is a public address)."""
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        # 6to4 (2002::/16) names the IPv4 host a relay forwards to, and Python calls the whole
+        # prefix global: judged by that IPv4 address, like a mapped one.
+        inner = address_kind(addr.sixtofour) if addr.sixtofour is not None else None
+        if inner is not None:
+            return inner
+        # fec0::/10, site-local: deprecated (RFC 3879) yet still routed inside some networks,
+        # and global to Python.
+        if addr.is_site_local:
+            return "site-local"
     if addr in METADATA_ADDRESSES:
         return "cloud metadata"
     for kind in ("loopback", "unspecified", "link_local", "multicast", "reserved", "private"):

@@ -25,6 +25,7 @@ MULTICAST = "multicast"
 RESERVED = "reserved"
 METADATA = "cloud metadata"
 NON_PUBLIC = "non-public (special-purpose)"
+SITE_LOCAL = "site-local"
 ALLOWED = None
 
 # (IP literal, the guard's verdict: the class it is refused as, or None when it may be fetched)
@@ -77,6 +78,15 @@ ADDRESSES = [
     ("::ffff:169.254.169.254", METADATA),
     ("::ffff:169.254.1.1", LINK_LOCAL),
     ("::ffff:8.8.8.8", ALLOWED),
+    # 6to4 2002::/16 (global to Python): judged by the IPv4 address in bits 16-47
+    ("2002:a00:1::", PRIVATE),
+    ("2002:c0a8:101::1", PRIVATE),
+    ("2002:7f00:1::", LOOPBACK),
+    ("2002:a9fe:a9fe::", METADATA),
+    ("2002:808:808::1", ALLOWED),
+    # IPv6 site-local fec0::/10 (deprecated, global to Python)
+    ("fec0::1", SITE_LOCAL),
+    ("feff::1", SITE_LOCAL),
     # multicast and reserved
     ("224.0.0.1", MULTICAST),
     ("239.255.255.250", MULTICAST),
