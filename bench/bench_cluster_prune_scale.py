@@ -64,10 +64,11 @@ def main() -> None:
 
     from procmem import PeakMemory
 
-    from pipeline.cluster import run_cluster
-    from pipeline.config import ClusterConfig, PipelineConfig, PruneConfig, SparkConfig
-    from pipeline.prune import run_prune
-    from pipeline.spark import get_spark
+    from pipeline.core.config import SparkConfig
+    from pipeline.core.spark import get_spark
+    from pipeline.registry import PipelineConfig
+    from pipeline.stages.cluster import ClusterConfig, run_cluster
+    from pipeline.stages.prune import PruneConfig, run_prune
 
     work = args.dir or tempfile.mkdtemp(prefix="bench-cluster-prune-")
     pool = os.path.join(work, "pool")

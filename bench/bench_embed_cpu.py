@@ -7,7 +7,7 @@ What it measures, in one run, on the same images:
   (a) model only   `Encoder.encode_images` + `Encoder.encode_texts` on pre-made uint8 pixel
                    batches and pre-made tokens (normalisation, forward, L2 norm, copy back):
                    the ceiling for the stage.
-  (b) end to end   `pipeline.embed_kernel.embed_shards` over WebDataset tars (img2dataset's
+  (b) end to end   `pipeline.kernels.encoder.embed_shards` over WebDataset tars (img2dataset's
                    layout, 256-px JPEGs with captions, as img2dataset writes them by default):
                    tar reading, JPEG decode and resize in --workers DataLoader processes,
                    tokenizing, the model, and one Parquet file written per shard.
@@ -47,7 +47,7 @@ def _jpeg(args: tuple[int, int, int]) -> bytes:
 
 def make_shards(folder: str, n_images: int, per_shard: int, short_side: int = 256, processes: int | None = None) -> list:
     """WebDataset tars like img2dataset's (resize_mode keep_ratio: the short side is `short_side`)."""
-    from pipeline.imageshards import discover_shards
+    from pipeline.kernels.imageshards import discover_shards
 
     shapes = [(short_side, short_side), (short_side * 4 // 3, short_side), (short_side, short_side * 3 // 2)]
     jobs = [(i, *shapes[i % len(shapes)]) for i in range(n_images)]
@@ -96,8 +96,8 @@ def model_only(encoder, n_images: int, batch_size: int) -> float:
 
 def compare(model: str, device: str, precision: str, n_images: int, batch_size: int, workers: int, per_shard: int) -> dict:
     """Run (a) and (b) on the same machine in one process; print and return the figures."""
-    from pipeline.config import EmbedConfig
-    from pipeline.embed_kernel import embed_shards, load_encoder, resolve_device
+    from pipeline.kernels.encoder import embed_shards, load_encoder, resolve_device
+    from pipeline.stages.embed import EmbedConfig
 
     device = resolve_device(device)
     cfg = EmbedConfig(model=model, device=device, precision=precision, batch_size=batch_size, workers=workers)

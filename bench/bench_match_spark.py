@@ -33,7 +33,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from bench_match_kernel import DATA, build_metadata, load_captions  # noqa: E402
 
-from pipeline.match import Matcher, with_entry_ids  # noqa: E402
+from pipeline.stages.match import Matcher, with_entry_ids  # noqa: E402
 
 
 def write_pool(captions: list[str], n: int, folder: str, files: int) -> None:
@@ -97,8 +97,10 @@ def main() -> None:
     del matcher
 
     from pipeline.api import run_match
-    from pipeline.config import MatchConfig, PipelineConfig, SparkConfig
-    from pipeline.spark import get_spark
+    from pipeline.core.config import SparkConfig
+    from pipeline.core.spark import get_spark
+    from pipeline.registry import PipelineConfig
+    from pipeline.stages.match import MatchConfig
 
     # One task per input file, as on a cluster with many splits (Spark would otherwise pack
     # these small files into as few tasks as there are cores).

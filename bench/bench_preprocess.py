@@ -7,11 +7,11 @@ What it measures, in one process (one core, torch on one thread), on the same im
   (a) open_clip   `open_clip.transform.image_transform(size, is_train=False)` applied to
                   `PIL.Image.open(bytes)`, image by image: resize shortest side (bicubic),
                   centre crop, RGB, ToTensor, Normalize -> float (3, size, size).
-  (b) loader      `pipeline.imageio.load_image`: the same geometry, but JPEGs decoded at
+  (b) loader      `pipeline.kernels.imageio.load_image`: the same geometry, but JPEGs decoded at
                   reduced size with Pillow's `draft` -> uint8 (size, size, 3); this is what the
                   embed stage's worker processes produce (normalisation runs on the model's
                   device, batched).
-  (c) loader+norm (b) then `pipeline.imageio.normalize` on the CPU, one image at a time: the
+  (c) loader+norm (b) then `pipeline.kernels.imageio.normalize` on the CPU, one image at a time: the
                   same float tensor as (a), for a like-for-like comparison.
 
 Image sets: the 758 real CommonCrawl images of ../shared/anchors/data/fondant (skipped with a
@@ -80,7 +80,7 @@ def bench_set(name: str, images: list[bytes], size: int, repeat: int) -> None:
     from open_clip.transform import image_transform
     from PIL import Image
 
-    from pipeline.imageio import PreprocessSpec, load_image, normalize
+    from pipeline.kernels.imageio import PreprocessSpec, load_image, normalize
 
     spec = PreprocessSpec(size=size)
     transform = image_transform(size, is_train=False)

@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pipeline.semdedup import max_similarity_to_earlier, normalize_rows
+    from pipeline.kernels.semdedup import max_similarity_to_earlier, normalize_rows
 
     rng = np.random.default_rng(args.seed)
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -33,8 +33,11 @@ def one_size(pool: str, meta: str, out: str) -> dict:
     from procmem import PeakMemory
 
     from pipeline.api import run_balance, run_count, run_match
-    from pipeline.config import BalanceConfig, MatchConfig, PipelineConfig, SparkConfig
-    from pipeline.spark import get_spark
+    from pipeline.core.config import SparkConfig
+    from pipeline.core.spark import get_spark
+    from pipeline.registry import PipelineConfig
+    from pipeline.stages.balance import BalanceConfig
+    from pipeline.stages.match import MatchConfig
 
     cfg = PipelineConfig(
         seed=0,

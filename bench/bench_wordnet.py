@@ -20,13 +20,13 @@ TAG = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
 
 
 def with_project(wordnet_dir: str | None) -> dict[tuple[str, int], list[str]]:
-    from pipeline.metadata import wordnet_synsets
+    from pipeline.concepts.metadata import wordnet_synsets
 
     return {(TAG[pos], offset): names for pos, offset, names in wordnet_synsets(wordnet_dir)}
 
 
 def with_nltk(wordnet_dir: str | None) -> dict[tuple[str, int], list[str]]:
-    from pipeline.metadata import open_wordnet
+    from pipeline.concepts.metadata import open_wordnet
 
     with open_wordnet(wordnet_dir) as wn:
         # nltk tags satellite adjectives "s"; they live in data.adj like the others.

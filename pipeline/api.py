@@ -1,219 +1,221 @@
-"""Stage runners shared by the CLI, spark-submit jobs and Airflow: read, call the stage, commit."""
+"""The Python API: one stage (`run_stage`) or the whole pipeline (`run_pipeline`), both through `execute()`.
+
+`curate <stage>`, `jobs/<stage>.py`, `curate run`, the Airflow DAG and these functions are the
+same call. The per-stage shorthands (`run_ingest(spark, pool, run_root, cfg)`, ...) take the
+stage's inputs positionally, in the order its registry entry lists them.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from pipeline.config import ConfigError, PipelineConfig
-from pipeline.ingest import with_ingest_decisions
-from pipeline.runs import Run, StageResult, config_hash
-from pipeline.sources import read_pool
+from pipeline.core.errors import UserError
+from pipeline.core.folder import RunFolder, check_outside
+from pipeline.core.protocol import StageResult, execute
+from pipeline.registry import BY_NAME, REGISTRY, STAGES, stage
 
 log = logging.getLogger(__name__)
 
 
-def run_ingest(spark, input_path: str, run_root: str, cfg: PipelineConfig, force: bool = False) -> StageResult:
-    """Ingest `input_path` into `<run_root>/ingest` and the ledger; skip when already complete."""
-    run = Run(spark, run_root)
-    fingerprint = config_hash({"input": run.fs.qualify(input_path), "ingest": cfg.ingest.__dict__})
-    if not force and run.is_complete("ingest", fingerprint):
-        log.info("ingest: complete in %s with the same input and config; skipping", run.stage_dir("ingest"))
-        return StageResult("ingest", run.stage_dir("ingest"), run.stats("ingest"), skipped=True)
-    started = time.time()
-    raw = read_pool(spark, input_path, cfg.ingest)
-    decided = with_ingest_decisions(raw.df, cfg.ingest, raw.uid_given, raw.extras)
-    return run.commit(
-        "ingest",
-        decided,
-        fingerprint,
-        shape=lambda kept: kept.select("uid", "url", "text", *[c for c in raw.extras if c in kept.columns]),
-        extra_stats={"input": input_path, "format": raw.fmt, "uid_column": raw.uid_given},
-        output_partitions=cfg.ingest.output_partitions,
-        started=started,
-    )
+class RunError(UserError):
+    """`curate run` cannot start: a missing input, run folder or upstream output."""
 
 
-def _entries_of(path: str):
-    from pipeline.metadata import load_concepts
-
-    return load_concepts(path)
-
-
-def run_match(spark, input_path: str, run_root: str, cfg: PipelineConfig, force: bool = False) -> StageResult:
-    """Match every text of the ingest output against the metadata entries."""
-    from pyspark.sql import functions as F
-
-    from pipeline.match import entries_fingerprint, with_match_decisions
-
-    if not cfg.match.metadata:
-        raise ConfigError("match: no metadata given; pass --metadata FILE (a JSON list, synonyms JSON or text file)")
-    run = Run(spark, run_root)
-    source = run.resolve_input(input_path, "ingest")
-    concepts = _entries_of(cfg.match.metadata)
-    entries = list(concepts.entries)
-    fingerprint = config_hash(
-        {"input": run.fs.qualify(source), "entries": entries_fingerprint(entries, cfg.match.mode), "match": cfg.match.__dict__}
-    )
-    if not force and run.is_complete("match", fingerprint):
-        log.info("match: complete with the same input, metadata and config; skipping")
-        return StageResult("match", run.stage_dir("match"), run.stats("match"), skipped=True)
-    started = time.time()
-    df = spark.read.parquet(source)
-    decided = with_match_decisions(df, entries, cfg.match.mode, cfg.match.backend)
-    front = ["uid", "text", "entry_ids"]
-    return run.commit(
-        "match",
-        decided,
-        fingerprint,
-        shape=lambda kept: kept.select(*front, *[c for c in kept.columns if c not in front]),
-        detail=lambda: F.when(F.col("_reason").isNotNull(), F.lit(f"no entry of {len(entries)} matched ({cfg.match.mode})")),
-        extra_stats={
-            "input": source,
-            "metadata": cfg.match.metadata,
-            "entries": len(entries),
-            "match_mode": cfg.match.mode,
-            "backend": cfg.match.backend,
-        },
-        started=started,
-        files={"metadata.json": entries},
-    )
+def run_stage(
+    spark, name: str, run_root: str, cfg, inputs: dict[str, str | None] | None = None, force: bool = False,
+    command: list[str] | None = None,
+) -> StageResult:
+    """Run one stage into `run_root`; `inputs` by flag (`input`, `counts`, `clusters`; default: the run folder)."""
+    return execute(stage(name), RunFolder(spark, run_root), cfg, inputs, force=force, command=command)
 
 
-def run_count(spark, input_path: str, run_root: str, cfg: PipelineConfig, force: bool = False) -> StageResult:
-    """Texts per entry (all entries, zeros included) and, with a concept file, texts per concept."""
-    from pyspark.sql import functions as F
+def _shorthand(name: str):
+    flags = [slot.flag for slot in BY_NAME[name].inputs]
 
-    from pipeline.count import count_concepts, count_entries
-    from pipeline.match import entries_fingerprint
+    def call(spark, *args, force: bool = False) -> StageResult:
+        if len(args) != len(flags) + 2:
+            raise TypeError(f"run_{name}(spark, {', '.join(flags + ['run_root', 'cfg'])}, force=False)")
+        *paths, run_root, cfg = args
+        return run_stage(spark, name, run_root, cfg, dict(zip(flags, paths, strict=True)), force=force)
 
-    run = Run(spark, run_root)
-    source = run.resolve_input(input_path, "match")
-    match_dir = source[: -len("/data")] if source.endswith("/data") else None
-    if match_dir is None or not run.fs.exists(f"{match_dir}/metadata.json"):
-        raise FileNotFoundError(f"{input_path}: not a match stage output (no metadata.json beside its data)")
-    entries = run.fs.read_json(f"{match_dir}/metadata.json")
-    mode = run.fs.read_json(f"{match_dir}/stats.json")["match_mode"]
-    concepts = _entries_of(cfg.count.concepts) if cfg.count.concepts else None
-    fingerprint = config_hash(
-        {
-            "input": run.fs.qualify(source),
-            "entries": entries_fingerprint(entries, mode),
-            "concepts": entries_fingerprint(list(concepts.entries), mode) if concepts else None,
-            "synonyms": concepts.synonyms if concepts else None,
-        }
-    )
-    if not force and run.is_complete("count", fingerprint):
-        log.info("count: complete with the same input and concepts; skipping")
-        return StageResult("count", run.stage_dir("count"), run.stats("count"), skipped=True)
-    started = time.time()
-    df = spark.read.parquet(source)
-    n_texts = df.count()
-    table = spark.createDataFrame(
-        [(i, e) for i, e in enumerate(entries)], "entry_id int, entry string"
-    ).join(count_entries(df, len(entries)), on="entry_id", how="left")
-    table = table.select(
-        "entry_id", "entry", F.coalesce("count", F.lit(0)).cast("long").alias("count"), F.lit(mode).alias("match_mode")
-    ).orderBy("entry_id").coalesce(1)
-    tables = {"data": table}
-    extra = {"input": source, "texts": n_texts, "entries": len(entries), "match_mode": mode}
-    if concepts is not None:
-        if not concepts.synonyms:
-            raise ConfigError(f"count.concepts: {cfg.count.concepts} is not a {{concept: [synonyms]}} file")
-        by_concept, by_synonym = count_concepts(df, list(concepts.entries), concepts.synonyms, mode, cfg.match.backend)
-        names = list(concepts.synonyms)
-        syn_rows = [(c, name, s) for c, name in enumerate(names) for s in concepts.synonyms[name]]
-        position = {e: i for i, e in enumerate(concepts.entries)}
-        syn = spark.createDataFrame(
-            [(c, name, s, position[s]) for c, name, s in syn_rows], "concept_id int, concept string, synonym string, synonym_id int"
-        ).join(by_synonym, on="synonym_id", how="left").select(
-            "concept_id", "concept", "synonym", F.coalesce("count", F.lit(0)).cast("long").alias("count")
-        ).cache()
-        from pyspark.sql import Window
+    call.__name__ = call.__qualname__ = f"run_{name}"
+    call.__doc__ = f"The {name} stage: run_{name}(spark, {', '.join(flags + ['run_root', 'cfg'])}, force=False)."
+    return call
 
-        top = syn.withColumn(
-            "_r", F.row_number().over(Window.partitionBy("concept_id").orderBy(F.desc("count"), F.asc("synonym")))
-        ).where("_r = 1").select("concept_id", F.col("synonym").alias("most_common_synonym"), F.col("count").alias("most_common_synonym_count"))
-        concept_table = (
-            spark.createDataFrame([(c, n) for c, n in enumerate(names)], "concept_id int, concept string")
-            .join(by_concept, on="concept_id", how="left")
-            .join(top, on="concept_id", how="left")
-            .select(
-                "concept_id", "concept", F.coalesce("count", F.lit(0)).cast("long").alias("count"),
-                "most_common_synonym", "most_common_synonym_count", F.lit(mode).alias("match_mode"),
+
+run_ingest = _shorthand("ingest")
+run_match = _shorthand("match")
+run_count = _shorthand("count")
+run_balance = _shorthand("balance")
+run_download = _shorthand("download")
+run_embed = _shorthand("embed")
+run_cluster = _shorthand("cluster")
+run_prune = _shorthand("prune")
+run_report = _shorthand("report")
+
+
+# --------------------------------------------------------------------------- the whole pipeline
+
+
+@dataclass
+class PipelineResult:
+    run_root: str
+    results: dict[str, StageResult] = field(default_factory=dict)
+    # The chain of ledger stages the final output came through, and check_accounting's summary.
+    lineage: list[str] = field(default_factory=list)
+    accounting: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def _upstreams(run: RunFolder, name: str, enabled: Sequence[str]) -> dict[str, str]:
+    """The stage folder filling each input slot: enabled in this run first, else complete on disk."""
+    chosen = {}
+    for slot in BY_NAME[name].inputs:
+        if not slot.sources:
+            continue
+        pick = next((s for s in slot.sources if s in enabled), None)
+        if pick is None:
+            pick = next((s for s in slot.sources if run.is_complete(s)), None)
+            if pick is not None:
+                log.info("%s: reading %s from an earlier run (not enabled now)", name, run.stage_dir(pick))
+        if pick is None:
+            raise RunError(
+                f"stage {name} needs the output of {' or '.join(slot.sources)}: add it to run.stages (--stages) "
+                f"or run it into {run.root} first"
             )
-            .orderBy("concept_id")
-            .coalesce(1)
-        )
-        tables["concepts"] = concept_table
-        tables["synonyms"] = syn.orderBy("concept_id", "synonym").coalesce(1)
-        extra.update({"concepts_file": cfg.count.concepts, "concepts": len(names)})
-    result = run.commit_tables("count", tables, fingerprint, extra_stats=extra, started=started)
-    nz = spark.read.parquet(f"{run.stage_dir('count')}/data").where("count > 0").count()
-    log.info("count: %d of %d entries occur in %d texts", nz, len(entries), n_texts)
-    return result
+        chosen[slot.flag] = pick
+    return chosen
 
 
-def run_balance(spark, input_path: str, counts_path: str | None, run_root: str, cfg: PipelineConfig, force: bool = False) -> StageResult:
-    """MetaCLIP balancing of the match output with the count stage's entry counts."""
-    import numpy as np
-    from pyspark.sql import functions as F
+def check_run_folder(cfg) -> None:
+    """The run folder lies outside the pool that ingest reads (checked before Spark starts, and again by run_pipeline)."""
+    if cfg.run.output and cfg.run.input and "ingest" in cfg.run.stages:
+        check_outside(cfg.run.output, cfg.run.input, pool=True, output_name="run.output", input_name="run.input")
 
-    from pipeline.balance import (
-        keep_probabilities,
-        threshold_for_tail_fraction,
-        with_balance_decisions,
-    )
 
-    b = cfg.balance
-    if (b.t is None) == (b.tail_fraction is None):
-        raise ConfigError("balance: give exactly one of --t N or --tail-fraction F")
-    run = Run(spark, run_root)
-    source = run.resolve_input(input_path, "match")
-    counts_source = run.resolve_input(counts_path or run_root, "count")
-    counts_df = spark.read.parquet(counts_source)
-    rows = counts_df.select("entry_id", "count").orderBy("entry_id").toPandas()
-    counts = np.zeros(int(rows.entry_id.max()) + 1 if len(rows) else 0, np.int64)
-    counts[rows.entry_id.to_numpy()] = rows["count"].to_numpy()
-    if b.t is not None:
-        t, tail_share = float(b.t), float(counts[counts < b.t].sum() / max(1, counts.sum()))
-    else:
-        t_int, tail_share = threshold_for_tail_fraction(counts, b.tail_fraction)
-        t = float(t_int)
-    fingerprint = config_hash(
-        {"input": run.fs.qualify(source), "counts": run.fs.qualify(counts_source), "t": t, "seed": cfg.seed}
-    )
-    if not force and run.is_complete("balance", fingerprint):
-        log.info("balance: complete with the same input, counts, t and seed; skipping")
-        return StageResult("balance", run.stage_dir("balance"), run.stats("balance"), skipped=True)
+def run_pipeline(spark, cfg, from_stage: str | None = None, force: bool = False, command: list[str] | None = None) -> PipelineResult:
+    """Run `cfg.run.stages` in pipeline order into `cfg.run.output`.
+
+    A stage whose marker matches its fingerprint (its config and its inputs, including when each
+    upstream output was made) is skipped, so a recomputed stage makes every later one recompute.
+    `from_stage` forces that stage (and so every later one); `force` every stage.
+    Ends with the ledger accounting over the chain of stages the final rows came through.
+    """
+    if not cfg.run.output:
+        raise RunError("run.output: no run folder given; pass --output RUN or set run.output in the config")
+    enabled = [s for s in STAGES if s in cfg.run.stages]
+    if from_stage is not None and from_stage not in enabled:
+        raise RunError(f"--from {from_stage}: not one of the enabled stages ({', '.join(enabled)})")
+    if "ingest" in enabled and not cfg.run.input:
+        raise RunError("run.input: no pool given for ingest; pass --input POOL or set run.input in the config")
+    check_run_folder(cfg)
     started = time.time()
-    p = keep_probabilities(counts, t)
-    df = spark.read.parquet(source)
-    decided = with_balance_decisions(df, p, cfg.seed, t)
-    front = ["uid", "text", "entry_ids", "keep_prob"]
+    root = cfg.run.output.rstrip("/")
+    run = RunFolder(spark, root)
+    for name in enabled:  # every slot can be filled before any work starts
+        _upstreams(run, name, enabled)
+    run.write_run_json(cfg.to_dict(), cfg.seed, command or ["run"])
+    out = PipelineResult(root)
+    picks: dict[str, dict[str, str]] = {}
+    for i, name in enumerate(enabled, 1):
+        picks[name] = _upstreams(run, name, enabled)
+        inputs: dict[str, str | None] = {flag: run.stage_dir(s) for flag, s in picks[name].items()}
+        if name == "ingest":
+            inputs["input"] = cfg.run.input
+        forced = force or name == from_stage
+        log.info("run [%d/%d] %s%s", i, len(enabled), name, " (forced)" if forced else "")
+        t0 = time.time()
+        result = execute(BY_NAME[name], run, cfg, inputs, force=forced, record=False)
+        out.results[name] = result
+        log.info(
+            "run [%d/%d] %s: %s in %.1fs", i, len(enabled), name, "skipped (complete)" if result.skipped else "done",
+            time.time() - t0,
+        )
+    out.lineage = _lineage(run, enabled, picks)
+    if out.lineage and out.lineage[0] == "ingest":
+        from pipeline.core.ledger import check_accounting
 
-    def expected(written) -> dict:
-        return {"expected_kept": round(float(written.agg(F.sum("keep_prob")).first()[0] or 0.0), 3)}
+        out.accounting = check_accounting(spark, root, out.lineage)
+        log.info(
+            "run: accounting over %s: %d inputs, each with one terminal state; %d kept",
+            " -> ".join(out.lineage), out.accounting["inputs"], out.accounting["kept"],
+        )
+    out.seconds = round(time.time() - started, 3)
+    log.info("run: %d stages in %.1fs -> %s", len(enabled), out.seconds, root)
+    return out
 
-    result = run.commit(
-        "balance",
-        decided,
-        fingerprint,
-        stats_from=expected,
-        shape=lambda kept: kept.select(*front, *[c for c in kept.columns if c not in front]),
-        detail=lambda: F.when(
-            F.col("_reason").isNotNull(), F.format_string(f"p_keep=%.6f at t={t:g}", F.col("keep_prob"))
-        ),
-        extra_stats={
-            "input": source,
-            "counts": counts_source,
-            "t": t,
-            "t_from": "t" if b.t is not None else f"tail_fraction={b.tail_fraction}",
-            "tail_share": tail_share,
-            "seed": cfg.seed,
-            "head_entries": int((counts > t).sum()),
-        },
-        started=started,
-    )
-    log.info("balance: t=%g, expected %.1f kept, actual %d", t, result.stats["expected_kept"], result.stats["kept"])
-    return result
+
+def _lineage(run: RunFolder, enabled: list[str], picks: dict[str, dict[str, str]]) -> list[str]:
+    """The row stages the last row stage's output came through, back to ingest, with a ledger."""
+    row_stages = [s for s in enabled if BY_NAME[s].decides_rows]
+    if not row_stages:
+        return []
+    chain: list[str] = []
+    name: str | None = row_stages[-1]
+    while name is not None:
+        chain.append(name)
+        up = picks.get(name)
+        if up is None:  # an upstream from an earlier run: follow the registry's nearest complete choice
+            slots = BY_NAME[name].inputs
+            sources = slots[0].sources if slots else ()
+            name = next((s for s in sources if run.is_complete(s)), None)
+        else:
+            name = up.get("input")
+    return [s for s in reversed(chain) if run.fs.exists(run.ledger_dir(s))]
+
+
+def write_resolved_config(cfg, path: str) -> str:
+    """Write `cfg` as a YAML file that `curate run --config` (or spark-submit jobs/run.py) takes."""
+    import json
+    import os
+
+    import yaml
+
+    plain = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, for YAML's safe dumper
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# Resolved configuration of this run: `curate run --config THIS_FILE` reruns it.\n")
+        yaml.safe_dump(plain, fh, sort_keys=False)
+    return path
+
+
+def describe(result: PipelineResult) -> list[str]:
+    """One line per stage (the demo's and `curate run`'s summary), then the outputs."""
+    root = result.run_root
+    lines = []
+    for name, r in result.results.items():
+        s, spec = r.stats, BY_NAME[name]
+        tag = f"{name}:".ljust(12)
+        if name == "report":
+            continue
+        parts = []
+        if "rows_in" in s:
+            parts.append(f"{s['rows_in']} in, {s['kept']} kept, {s['dropped_total']} dropped {s['dropped']}")
+        if spec.describe is not None:
+            parts.append(spec.describe(s, root))
+        line = tag + ("; ".join(parts) if parts else f"done ({r.path})")
+        if name == "match":  # "N in, ... against E entries": one clause
+            line = tag + " ".join(parts)
+        lines.append(line + ("  [complete; skipped]" if r.skipped else ""))
+    last = result.lineage[-1] if result.lineage else None
+    if last:
+        lines.append(f"{'outputs:'.ljust(12)}{root}/{last}/data  (the curated subset: uid, text, ...)")
+        lines.append(f"{'decisions:'.ljust(12)}{root}/decisions     (Parquet ledger, partitioned by stage)")
+    if result.accounting:
+        a = result.accounting
+        lines.append(f"{'accounting:'.ljust(12)}each of {a['inputs']} input uids has exactly one terminal state; {a['kept']} kept")
+    lines.append(f"{'run record:'.ljust(12)}{root}/run.json")
+    if "report" in result.results:
+        lines.append(f"{'report:'.ljust(12)}{BY_NAME['report'].describe(result.results['report'].stats, root)}")
+    return lines
+
+
+__all__ = [
+    "REGISTRY", "STAGES", "PipelineResult", "RunError", "StageResult", "check_run_folder", "describe",
+    "run_pipeline", "run_stage", "write_resolved_config",
+    *(f"run_{s.name}" for s in REGISTRY),
+]

@@ -1,33 +1,35 @@
-"""The `curate` command line. Each subcommand calls the same function the Python API exposes."""
+"""The `curate` command line, made from the stage registry: one subcommand per stage, plus run, demo, metadata.
+
+A stage's flags are its config keys (`--max-text-chars` sets `ingest.max_text_chars`), its input
+slots (`--input`, and `--counts`/`--clusters` where a stage has two), `--output` (always the run
+folder) and `--force`. Each subcommand calls `execute()`, as the Python API does.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import typing
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline import __version__
-from pipeline.config import INGEST_FORMATS, ConfigError, PipelineConfig, load_config
-from pipeline.contracts import MissingColumnsError
-from pipeline.errors import UserError, no_room_message
-from pipeline.match import BACKENDS, MODES
-from pipeline.metadata import MetadataError
-from pipeline.report import ReportError
-from pipeline.sources import InputError
-from pipeline.spark import JavaMissingError
+from pipeline.core.config import ConfigError
+from pipeline.core.contracts import MissingColumnsError
+from pipeline.core.errors import UserError, no_room_message
+from pipeline.core.protocol import Stage
+from pipeline.core.spark import JavaMissingError
+from pipeline.registry import REGISTRY, STAGES, load_config
 
 log = logging.getLogger("curate")
 
-# Errors a person can act on: printed as one line, exit code 2.
-USER_ERRORS = (
-    UserError, ConfigError, InputError, MissingColumnsError, JavaMissingError, FileNotFoundError, MetadataError, ReportError,
-)
-# Modules that add their own subcommands with `add_cli(subparsers)`; each sets `func` on its parser.
-# Keep their top-level imports light (no torch, faiss): `curate --help` imports them all.
-PLUGIN_CLIS = ("pipeline.metadata", "pipeline.report", "pipeline.runner", "pipeline.cluster", "pipeline.prune", "pipeline.download", "pipeline.embed")
+# Errors a person can act on: printed as one line, exit code 2. (Every project error that a
+# person can fix derives from UserError or ValueError-based config/input errors.)
+USER_ERRORS = (UserError, ConfigError, MissingColumnsError, JavaMissingError, FileNotFoundError)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,120 +39,131 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="curate",
-        description="Curate web-scale image-text pools on Spark: ingest, match, count, balance, ... "
-        "Every stage reads and writes Parquet under one run folder and records each decision.",
-    )
-    parser.add_argument("--version", action="version", version=f"curate {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+# --------------------------------------------------------------------------- flags from config fields
 
-    p = sub.add_parser("ingest", help="read a pool in any supported format into <output>/ingest")
-    p.add_argument("--input", required=True, help="file or folder: Parquet, CSV/TSV, JSONL, COCO json, WebDataset tars, ...")
-    p.add_argument("--output", required=True, help="the run folder")
-    p.add_argument("--format", choices=INGEST_FORMATS, help="input format (default: auto-detect)")
-    p.add_argument("--text-col", help="caption column (default: text, caption, TEXT, alt_text, ...)")
-    p.add_argument("--url-col", help="image URL column (default: url, URL, image_url, ...)")
-    p.add_argument("--uid-col", help="uid column (default: uid if present, else a hash of url + text)")
-    p.add_argument("--max-text-chars", type=int, help="drop captions longer than this (default 65536)")
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def config_flags(p: argparse.ArgumentParser, section: str, cls: type) -> None:
+    """One flag per field of `cls`, named after it; its value overrides `<section>.<field>`."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        inner = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_ = f"{section}.{f.name}" + (f" (default {default})" if default not in (None, (), {}) else "")
+        names = [_flag(f.name), *f.metadata.get("aliases", ())]
+        kw: dict[str, Any] = {"dest": f"cfg:{f.name}", "default": None, "help": help_}
+        choices = getattr(cls, f.name.upper() + "S", None) or f.metadata.get("choices")
+        if inner is bool:
+            p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(inner) is tuple:
+            p.add_argument(*names, action="append", metavar=f.name.rstrip("s").upper(), **kw)
+        elif typing.get_origin(inner) is dict:
+            continue  # mappings are set in the config file
+        else:
+            p.add_argument(*names, type=inner, choices=choices, metavar=None if choices else f.name.upper(), **kw)
+
+
+def overrides_of(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    return {f"{section}.{k[4:]}": v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
+
+
+def add_stage(sub, spec: Stage) -> None:
+    p = sub.add_parser(spec.name, help=spec.help, description=spec.help)
+    for slot in spec.inputs:
+        default = " (default: the run folder)" if slot.sources else ""
+        p.add_argument(
+            f"--{slot.flag}", *slot.aliases, dest=f"in:{slot.flag}", required=not slot.sources,
+            help=slot.help + default,
+        )
+    p.add_argument("--output", *(("--run",) if spec.name == "report" else ()), required=True, help="the run folder")
+    config_flags(p, spec.name, spec.config)
     p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
     _common(p)
-
-    p = sub.add_parser("match", help="MetaCLIP substring matching of every text against a metadata list")
-    p.add_argument("--input", required=True, help="a run folder (its ingest output) or a Parquet folder with uid, text")
-    p.add_argument("--metadata", help="metadata.json (JSON list), {concept: [synonyms]} JSON, or one entry a line")
-    p.add_argument("--output", required=True, help="the run folder")
-    p.add_argument("--mode", choices=MODES, help="metaclip (exact, default) or case_insensitive")
-    p.add_argument("--backend", choices=BACKENDS, help="Aho-Corasick implementation (default ahocorasick_rs)")
-    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    _common(p)
-
-    p = sub.add_parser("count", help="texts per metadata entry (and per concept through its synonyms)")
-    p.add_argument("--input", required=True, help="a run folder (its match output) or a match stage folder")
-    p.add_argument("--output", required=True, help="the run folder")
-    p.add_argument("--concepts", help="a {concept: [synonym, ...]} JSON file to count as well")
-    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    _common(p)
-
-    p = sub.add_parser("balance", help="MetaCLIP balancing: sample entries with count > t down to about t")
-    p.add_argument("--input", required=True, help="a run folder (its match output) or a match stage folder")
-    p.add_argument("--counts", help="the count stage output (default: the run folder's)")
-    p.add_argument("--output", required=True, help="the run folder")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--t", type=int, help="the threshold t (MetaCLIP: 20000 for 400M of 1.6B)")
-    group.add_argument("--tail-fraction", type=float, help="pick t so this share of matches is in entries with count < t")
-    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    _common(p)
-
-    import importlib
-
-    for module in PLUGIN_CLIS:
-        importlib.import_module(module).add_cli(sub)
-
-    p = sub.add_parser("demo", help="generate a demo pool and run the pipeline on it in Spark local mode")
-    p.add_argument("--output", default="runs/demo", help="folder for the pool and the run (default runs/demo)")
-    p.add_argument("--rows", type=int, help="pool size (default 5000)")
-    _common(p)
-    return parser
+    p.set_defaults(func=cmd_stage, stage=spec)
 
 
-def _config(args: argparse.Namespace, overrides: dict) -> PipelineConfig:
-    common = {"seed": args.seed, "spark.master": args.master}
-    return load_config(args.config, {**common, **overrides})
+def cmd_stage(args: argparse.Namespace) -> int:
+    """`curate <stage>`: the stage through execute(), its stats printed as JSON."""
+    from pipeline.core.folder import RunFolder, check_outside
+    from pipeline.core.protocol import execute
 
-
-def _spark(cfg: PipelineConfig):
-    from pipeline.spark import get_spark
-
-    return get_spark(cfg.spark)
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.api import run_ingest
-
-    overrides = {
-        "ingest.format": args.format,
-        "ingest.text_col": args.text_col,
-        "ingest.url_col": args.url_col,
-        "ingest.uid_col": args.uid_col,
-        "ingest.max_text_chars": args.max_text_chars,
-    }
-    return _stage(args, overrides, run_ingest, args.input)
-
-
-def _stage(args: argparse.Namespace, overrides: dict, runner, *inputs) -> int:
-    from pipeline.runs import Run, check_outside
-
-    for source in inputs:
-        if source:
-            check_outside(args.output, source, pool=args.command == "ingest")
-    cfg = _config(args, overrides)
+    spec: Stage = args.stage
+    inputs = {k[3:]: v for k, v in vars(args).items() if k.startswith("in:")}
+    for slot in spec.inputs:  # before Spark starts: a run folder inside what the stage reads
+        if inputs.get(slot.flag):
+            check_outside(args.output, inputs[slot.flag], pool=not slot.sources, input_name=f"--{slot.flag}")
+    cfg = _config(args, overrides_of(args, spec.name))
     spark = _spark(cfg)
-    Run(spark, args.output).write_run_json(cfg.to_dict(), cfg.seed, [args.command, *sys.argv[1:]])
-    result = runner(spark, *inputs, args.output, cfg, force=args.force)
+    result = execute(spec, RunFolder(spark, args.output), cfg, inputs, force=args.force, command=[spec.name, *sys.argv[1:]])
     print(json.dumps(result.stats, indent=2, sort_keys=True, default=str))
     return 0
 
 
-def cmd_match(args: argparse.Namespace) -> int:
-    from pipeline.api import run_match
-
-    overrides = {"match.metadata": args.metadata, "match.mode": args.mode, "match.backend": args.backend}
-    return _stage(args, overrides, run_match, args.input)
+# --------------------------------------------------------------------------- run, demo, metadata
 
 
-def cmd_count(args: argparse.Namespace) -> int:
-    from pipeline.api import run_count
+def add_run(sub) -> None:
+    p = sub.add_parser("run", help="run the configured stages in order into one run folder; complete stages are skipped")
+    p.add_argument("--input", help="the pool to ingest (overrides run.input)")
+    p.add_argument("--output", help="the run folder (overrides run.output)")
+    p.add_argument("--stages", help=f"comma-separated stages to run, in pipeline order (overrides run.stages; any of {','.join(STAGES)})")
+    p.add_argument("--from", dest="from_stage", choices=STAGES, metavar="STAGE", help="redo this stage and every later one")
+    _common(p)
+    p.set_defaults(func=cmd_run)
 
-    return _stage(args, {"count.concepts": args.concepts}, run_count, args.input)
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`curate run`: the whole pipeline from one config file."""
+    from pipeline.api import check_run_folder, describe, run_pipeline
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    cfg = _config(args, {"run.input": args.input, "run.output": args.output, "run.stages": stages})
+    check_run_folder(cfg)
+    spark = _spark(cfg)
+    result = run_pipeline(spark, cfg, from_stage=args.from_stage, command=["run", *sys.argv[1:]])
+    for line in describe(result):
+        print(line)
+    return 0
 
 
-def cmd_balance(args: argparse.Namespace) -> int:
-    from pipeline.api import run_balance
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.concepts.cli import add_cli as add_metadata
 
-    overrides = {"balance.t": args.t, "balance.tail_fraction": args.tail_fraction}
-    return _stage(args, overrides, run_balance, args.input, args.counts)
+    parser = argparse.ArgumentParser(
+        prog="curate",
+        description="Curate web-scale image-text pools on Spark: " + ", ".join(STAGES) + ". "
+        "Every stage reads and writes Parquet under one run folder and records each decision.",
+    )
+    parser.add_argument("--version", action="version", version=f"curate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for spec in REGISTRY:
+        add_stage(sub, spec)
+    add_run(sub)
+    add_metadata(sub)
+    p = sub.add_parser("demo", help="generate a demo pool and run the pipeline on it in Spark local mode")
+    p.add_argument("--output", default="runs/demo", help="folder for the pool and the run (default runs/demo)")
+    p.add_argument("--rows", type=int, help="pool size (default 5000)")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _config(args: argparse.Namespace, overrides: dict):
+    common = {"seed": args.seed, "spark.master": args.master}
+    return load_config(args.config, {**common, **overrides})
+
+
+def _spark(cfg):
+    from pipeline.core.spark import get_spark
+
+    return get_spark(cfg.spark)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -183,12 +196,12 @@ def _serve_demo(stack, pool_dir: str):
         return stack.enter_context(serve_folder(pool_dir, port=0))
 
 
-def _demo_run(args: argparse.Namespace, cfg: PipelineConfig, out: str, base_url: str) -> int:
+def _demo_run(args: argparse.Namespace, cfg, out: str, base_url: str) -> int:
     import dataclasses
 
+    from pipeline.api import describe, run_pipeline, write_resolved_config
+    from pipeline.concepts.metadata import build_metadata, write_metadata
     from pipeline.demo import generate_pool, write_concepts
-    from pipeline.metadata import build_metadata, write_metadata
-    from pipeline.runner import describe, run_pipeline, write_resolved_config
 
     pool = generate_pool(os.path.join(out, "pool"), cfg.demo, seed=cfg.seed, base_url=base_url)
     metadata = os.path.join(out, "metadata.json")
@@ -213,17 +226,13 @@ def _demo_run(args: argparse.Namespace, cfg: PipelineConfig, out: str, base_url:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "match": cmd_match, "count": cmd_count, "balance": cmd_balance, "demo": cmd_demo}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.logs import setup_logging
+    from pipeline.core.logs import setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        command = getattr(args, "func", None) or COMMANDS[args.command]
-        return command(args)
+        return args.func(args)
     except USER_ERRORS as exc:
         print(f"curate {args.command}: error: {exc}", file=sys.stderr)
         return 2

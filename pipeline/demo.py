@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import DemoConfig
+from pipeline.core.config import DemoConfig
 
 log = logging.getLogger(__name__)
 

@@ -123,8 +123,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def spark():
-    from pipeline.config import SparkConfig
-    from pipeline.spark import get_spark
+    from pipeline.core.config import SparkConfig
+    from pipeline.core.spark import get_spark
 
     session = get_spark(
         SparkConfig(
@@ -147,7 +147,10 @@ def build_text_run(spark, tmp, columns: dict, entries: list[str], concepts: dict
     import pyarrow.parquet as pq
 
     from pipeline.api import run_balance, run_count, run_ingest, run_match
-    from pipeline.config import BalanceConfig, CountConfig, MatchConfig, PipelineConfig
+    from pipeline.registry import PipelineConfig
+    from pipeline.stages.balance import BalanceConfig
+    from pipeline.stages.count import CountConfig
+    from pipeline.stages.match import MatchConfig
 
     pq.write_table(pa.table(columns), tmp / "pool.parquet")
     (tmp / "m.json").write_text(json.dumps(entries))
@@ -168,8 +171,8 @@ def text_path_run(spark, tmp_path_factory):
     """One local-mode `curate run` of the text path on a small demo pool, shared by the runner,
     standalone-cluster and fault tests: its config, pool, run folder and a snapshot taken at once
     (tests that rerun stages in the folder must leave it as they found it)."""
-    from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from pipeline.api import run_pipeline
+    from pipeline.registry import load_config
     from tests.pipeline_runs import snapshot, write_text_setup
 
     tmp = tmp_path_factory.mktemp("text-path-run")

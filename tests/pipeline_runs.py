@@ -20,7 +20,7 @@ def write_text_setup(tmp: Path, rows: int, seed: int = 0, extra_yaml: str = "") 
     """
     import dataclasses
 
-    from pipeline.config import DemoConfig
+    from pipeline.core.config import DemoConfig
     from pipeline.demo import ADJECTIVES, NOUNS, generate_pool, write_concepts
 
     pool = generate_pool(str(tmp / "pool"), dataclasses.replace(DemoConfig(), rows=rows, image_size=16), seed=seed)

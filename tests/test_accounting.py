@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.api import run_balance, run_count, run_ingest, run_match
-from pipeline.config import BalanceConfig, MatchConfig, PipelineConfig
-from pipeline.ledger import check_accounting
+from pipeline.core.ledger import check_accounting
+from pipeline.registry import PipelineConfig
+from pipeline.stages.balance import BalanceConfig
+from pipeline.stages.match import MatchConfig
 
 CHAIN = ["ingest", "match", "balance"]  # count decides no rows, so it has no ledger
 # 17 texts: one empty (ingest drops it), two that match nothing (match drops them), one cat and
@@ -196,7 +198,7 @@ def test_stats_that_disagree_with_the_ledger(spark, run, stage, change):
 def test_a_uid_kept_by_an_earlier_stage_that_never_reached_the_last(spark, run):
     # Its balance row is gone, so its last row says "kept by match". The chain rule fires first
     # in check_accounting; the output rule must also see it on its own.
-    from pipeline.ledger import _check_output, read_ledger, terminal_states
+    from pipeline.core.ledger import _check_output, read_ledger, terminal_states
 
     table = ledger(run, "balance")
     rewrite(run / "decisions" / "stage=balance", table.filter(pc.invert(pc.equal(table["uid"], "c0"))))

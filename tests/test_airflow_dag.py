@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import STAGES, TEXT_STAGES
+from pipeline.registry import STAGES, TEXT_STAGES
 from tests.pipeline_runs import ROOT, complete_stages, write_text_setup
 
 AIRFLOW_PY = ROOT / ".venv-airflow" / "bin" / "python"
@@ -115,7 +115,7 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_dag_test_runs_the_text_path_on_local_spark(airflow_home, spark, tmp_path):
-    from pipeline.ledger import check_accounting
+    from pipeline.core.ledger import check_accounting
 
     config, pool = write_text_setup(tmp_path, rows=120)
     run_dir = tmp_path / "run"

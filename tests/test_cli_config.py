@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.core.config import ConfigError
+from pipeline.registry import PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -111,8 +112,8 @@ def test_a_run_folder_inside_the_input_is_one_line(spark, tmp_path, capsys):
     for args, line in cases:
         assert main(args) == 2, args
         assert capsys.readouterr().err.strip().splitlines() == [line]
-    from pipeline.errors import UserError
-    from pipeline.runner import run_pipeline
+    from pipeline.api import run_pipeline
+    from pipeline.core.errors import UserError
 
     cfg = load_config(None, {"run.input": str(pool), "run.output": f"file://{pool}/run", "run.stages": ["ingest"]})
     with pytest.raises(UserError, match=r"run\.output file://.*/pool/run is inside run\.input"):
@@ -137,8 +138,8 @@ def test_a_run_folder_inside_the_input_is_one_line(spark, tmp_path, capsys):
     ],
 )
 def test_which_run_folders_are_inside_the_input(tmp_path, monkeypatch, output, source, pool, inside):
-    from pipeline.errors import UserError
-    from pipeline.runs import check_outside
+    from pipeline.core.errors import UserError
+    from pipeline.core.folder import check_outside
 
     (tmp_path / "pool").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "pool")
@@ -180,7 +181,7 @@ def test_spark_submit_settings_win(tmp_path):
     assert record["spark_conf"]["spark.sql.files.maxRecordsPerFile"] == "1234"
     assert json.loads((run / "ingest" / "stats.json").read_text())["kept"] == 2
     # spark-submit passes the Python driver's stderr on to its own stdout.
-    warnings = [line.split(" pipeline.spark: ", 1)[1] for line in proc.stdout.splitlines() if " WARNING pipeline.spark: " in line]
+    warnings = [line.split(" pipeline.core.spark: ", 1)[1] for line in proc.stdout.splitlines() if " WARNING pipeline.core.spark: " in line]
     assert warnings == [
         "spark.driver.memory=4g from the config is not applied: under spark-submit the driver can change only "
         "runtime SQL settings; pass it to spark-submit (--conf spark.driver.memory=4g)"

@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.cluster import ClusterError, assign, load_centroids, sample_embeddings, train_kmeans
-from pipeline.config import ClusterConfig, PipelineConfig
-from pipeline.runs import Run, sql_conf
+from pipeline.core.folder import RunFolder as Run
+from pipeline.core.folder import sql_conf
+from pipeline.registry import PipelineConfig
+from pipeline.stages.cluster import (
+    ClusterConfig,
+    ClusterError,
+    assign,
+    load_centroids,
+    sample_embeddings,
+    train_kmeans,
+)
 from tests.embedgen import mixture, write_embeddings
 from tests.test_schemas import assert_matches_contract
 
@@ -93,7 +101,7 @@ def test_spark_assignment_exports_ties_by_lower_id_and_nulls_for_invalid_rows(sp
     """with_cluster_assignments on hand-written rows: cluster_id is the nearest, the lists nearest first."""
     from pyspark.sql import types as T
 
-    from pipeline.cluster import with_cluster_assignments
+    from pipeline.stages.cluster import with_cluster_assignments
 
     schema = T.StructType([
         T.StructField("uid", T.StringType(), False),
@@ -150,7 +158,7 @@ def test_sample_is_the_smallest_hashes_and_partition_invariant(spark, tmp_path):
 
 @pytest.fixture(scope="module")
 def clustered(spark, tmp_path_factory):
-    from pipeline.cluster import run_cluster
+    from pipeline.stages.cluster import run_cluster
 
     tmp = tmp_path_factory.mktemp("cluster")
     x = mixture(500, DIM, centers=5, seed=3)
@@ -220,7 +228,7 @@ def test_bad_embeddings_are_ledger_rows_with_their_reason(spark, clustered):
 
 
 def test_cluster_is_partition_invariant_and_skips_when_complete(spark, clustered, tmp_path):
-    from pipeline.cluster import run_cluster
+    from pipeline.stages.cluster import run_cluster
 
     again = run_cluster(spark, clustered["input"], clustered["run"], clustered["cfg"])
     assert again.skipped

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import STAGES
+from pipeline.registry import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import reasons as R
-from pipeline.config import DownloadConfig, PipelineConfig
+from pipeline.core import reasons as R
+from pipeline.kernels.urlguard import GuardPolicy, URLRefused, build_opener, check_hosts
 from pipeline.localserve import serve_folder
-from pipeline.urlguard import GuardPolicy, URLRefused, build_opener, check_hosts
+from pipeline.registry import PipelineConfig
+from pipeline.stages.download import DownloadConfig
 
 pytest.importorskip("img2dataset")
 
@@ -289,8 +290,8 @@ def test_opener_checks_redirects_and_connections_before_any_request(tmp_path):
 
 
 def test_input_is_the_most_curated_complete_text_stage(spark, tmp_path):
-    from pipeline.download import resolve_source
-    from pipeline.runs import Run
+    from pipeline.core.folder import RunFolder as Run
+    from pipeline.stages.download import resolve_source
 
     run = Run(spark, str(tmp_path))
     for stage in ("ingest", "match", "balance"):
@@ -307,8 +308,8 @@ def test_input_is_the_most_curated_complete_text_stage(spark, tmp_path):
 
 
 def test_a_uid_img2dataset_never_reports_is_a_failure_not_a_loss(spark):
-    from pipeline.download import NEVER_REPORTED, with_download_decisions
-    from pipeline.urlguard import REFUSED_PREFIX
+    from pipeline.kernels.urlguard import REFUSED_PREFIX
+    from pipeline.stages.download import NEVER_REPORTED, with_download_decisions
 
     todo = spark.createDataFrame([(u, f"http://x/{u}", "t") for u in "abcde"], "uid string, url string, text string")
     refusals = spark.createDataFrame([("a", "scheme 'ftp' is not http or https"), ("b", None), ("c", None), ("d", None), ("e", None)], "uid string, _refusal string")
@@ -332,8 +333,8 @@ def test_a_uid_img2dataset_never_reports_is_a_failure_not_a_loss(spark):
 
 
 def test_unfinished_shards_are_removed(spark, tmp_path):
-    from pipeline.download import _complete_shards
-    from pipeline.runs import Run
+    from pipeline.core.folder import RunFolder as Run
+    from pipeline.stages.download import _complete_shards
 
     for name in ("00000.tar", "00000.parquet", "00001.tar", "00001.parquet", "00002.tar"):
         (tmp_path / name).write_bytes(b"x" * 10)
@@ -351,7 +352,7 @@ def test_unfinished_shards_are_removed(spark, tmp_path):
 
 @pytest.fixture(scope="module")
 def first_run(spark, server, tmp_path_factory):
-    from pipeline.download import run_download
+    from pipeline.stages.download import run_download
 
     tmp = tmp_path_factory.mktemp("download")
     urls, expected = pool_rows(server)
@@ -412,7 +413,7 @@ def test_contract_of_the_output(spark, first_run):
 
 
 def test_rerun_of_a_complete_stage_is_skipped(spark, server, first_run):
-    from pipeline.download import run_download
+    from pipeline.stages.download import run_download
 
     before = dict(server.requests)
     result = run_download(spark, first_run["pool"], first_run["run"], config())
@@ -459,7 +460,7 @@ def test_retry_failed_through_the_cli_fetches_only_what_failed(spark, server, fi
 
 @pytest.mark.slow
 def test_pyspark_distributor_and_parquet_shards(spark, server, tmp_path):
-    from pipeline.download import run_download
+    from pipeline.stages.download import run_download
 
     urls = {f"ok{i}": server.url(f"ok_{i}.jpg") for i in range(3)} | {"missing": server.url("nope.jpg")}
     pool = write_pool(tmp_path / "pool.parquet", urls)
@@ -500,7 +501,8 @@ def test_cli_on_a_run_folder_refuses_loopback_by_default(spark, server, tmp_path
 
 
 def test_config_rejects_bad_download_settings():
-    from pipeline.config import ConfigError, load_config
+    from pipeline.core.config import ConfigError
+    from pipeline.registry import load_config
 
     with pytest.raises(ConfigError, match="download.distributor"):
         load_config(overrides={"download.distributor": "ray"})

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pipeline.cli import main
-from pipeline.downstream import concept_synonyms, imagenet_classnames, read_wnids
-from pipeline.metadata import MetadataError, load_concepts
+from pipeline.concepts.imagenet import concept_synonyms, imagenet_classnames, read_wnids
+from pipeline.concepts.metadata import MetadataError, load_concepts
 from tests.conftest import anchor
 
 

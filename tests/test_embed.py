@@ -22,12 +22,13 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.config import EmbedConfig, PipelineConfig
+from pipeline.registry import PipelineConfig
+from pipeline.stages.embed import EmbedConfig
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "model_configs"
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "kernels" / "model_configs"
 RNG = np.random.default_rng(7)
 
 
@@ -238,7 +239,7 @@ def parquet_folder(tmp_path_factory):
 
 
 def test_parquet_shards_and_resume(spark, parquet_folder, tmp_path):
-    from pipeline.embed import run_embed
+    from pipeline.stages.embed import run_embed
 
     run = str(tmp_path / "run")
     first = run_embed(spark, parquet_folder["folder"], run, cfg_for())
@@ -277,7 +278,7 @@ def test_parquet_shards_and_resume(spark, parquet_folder, tmp_path):
 @pytest.mark.slow
 def test_spark_executor_path_matches_driver(spark, parquet_folder, tmp_path):
     """One Spark task per shard (CPU here: no GPU resources in local mode) gives the driver's result."""
-    from pipeline.embed import run_embed
+    from pipeline.stages.embed import run_embed
 
     runs = {}
     for executor in ("driver", "spark"):
@@ -298,7 +299,7 @@ def test_spark_executor_path_matches_driver(spark, parquet_folder, tmp_path):
 
 
 def test_image_folder_random_weights(spark, tmp_path, caplog):
-    from pipeline.embed import run_embed
+    from pipeline.stages.embed import run_embed
 
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
@@ -332,7 +333,7 @@ def test_image_folder_random_weights(spark, tmp_path, caplog):
 def test_loader_pixels_match_open_clip_transform():
     from open_clip.transform import image_transform
 
-    from pipeline.imageio import PreprocessSpec, load_image, normalize
+    from pipeline.kernels.imageio import PreprocessSpec, load_image, normalize
 
     for size in (64, 224):
         spec = PreprocessSpec(size=size)
@@ -400,7 +401,7 @@ def test_model_configs_load_when_the_package_runs_from_a_zip(tmp_path):
     zipped = package_zip(tmp_path / "curate.zip")
     script = (
         "import json, open_clip, pipeline\n"
-        "from pipeline.embed_kernel import model_config_dir, register_model_configs\n"
+        "from pipeline.kernels.encoder import model_config_dir, register_model_configs\n"
         "register_model_configs()\n"
         "model = open_clip.create_model('tiny-clip')\n"
         "print(json.dumps({'package': pipeline.__file__, 'configs': str(model_config_dir()),"

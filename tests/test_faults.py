@@ -29,9 +29,9 @@ def setup(tmp_path_factory, spark) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.config import load_config
+    from pipeline.api import run_pipeline
     from pipeline.demo import ADJECTIVES, NOUNS
-    from pipeline.runner import run_pipeline
+    from pipeline.registry import load_config
 
     tmp = tmp_path_factory.mktemp("faults")
     rng = np.random.default_rng(7)

@@ -1,5 +1,5 @@
 """The hostile pool through every stage, hostile embeddings through cluster and prune, and the
-errors a person must be able to act on. The accounting invariant (pipeline.ledger.check_accounting)
+errors a person must be able to act on. The accounting invariant (pipeline.core.ledger.check_accounting)
 holds at the end of each run: every input uid has exactly one terminal state, each stage decides
 exactly what the one before kept, the kept uids are the final output, stats.json agrees with the
 ledger."""
@@ -115,9 +115,9 @@ prune:
 
 def test_hostile_pool_through_every_stage(spark, tmp_path, capfd):
     from pipeline.cli import main
-    from pipeline.hostile import write_hostile_pool
-    from pipeline.ledger import check_accounting
+    from pipeline.core.ledger import check_accounting
     from pipeline.localserve import serve_folder
+    from pipeline.testing.hostile import write_hostile_pool
 
     images = tmp_path / "images"
     images.mkdir()
@@ -172,7 +172,7 @@ def test_hostile_embeddings_nan_inf_zero_and_one_member_clusters(spark, tmp_path
     (k = the number of valid points): embed drops the bad rows, cluster and prune run on clusters
     of one member, and the accounting holds."""
     from pipeline.cli import main
-    from pipeline.ledger import check_accounting
+    from pipeline.core.ledger import check_accounting
 
     rng = np.random.default_rng(5)
     valid = 8
@@ -329,7 +329,7 @@ def test_exif_rotated_images_are_embedded_upright():
 
     from PIL import Image
 
-    from pipeline.imageio import PreprocessSpec, load_image
+    from pipeline.kernels.imageio import PreprocessSpec, load_image
 
     stored = np.zeros((40, 24, 3), dtype=np.uint8)
     stored[:20] = (250, 250, 250)  # top half white as stored: the right half once upright

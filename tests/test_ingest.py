@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import reasons as R
 from pipeline.api import run_ingest
-from pipeline.config import IngestConfig, PipelineConfig
-from pipeline.ingest import with_ingest_decisions
-from pipeline.ledger import split_decisions
-from pipeline.match import Matcher
-from pipeline.sources import InputError, read_pool
+from pipeline.core import reasons as R
+from pipeline.core.ledger import split_decisions
+from pipeline.registry import PipelineConfig
+from pipeline.stages.ingest import IngestConfig, with_ingest_decisions
+from pipeline.stages.match import Matcher
+from pipeline.stages.sources import InputError, read_pool
 
 # A valid caption may hold U+FFFD (LAION mojibake: "Oklahoman\ufffds"); it is a caption. Only
 # bytes that are not UTF-8 make a caption undecodable.
@@ -85,7 +85,7 @@ def test_null_and_empty_url_hash_as_documented(spark, tmp_path):
     )
     from pyspark.sql import functions as F
 
-    from pipeline.ingest import content_hash
+    from pipeline.stages.ingest import content_hash
 
     df = spark.read.parquet(str(path)).select(content_hash(F.col("url"), F.col("text")).alias("h")).toPandas()
     assert df.h.tolist() == [hashlib.sha256(b"u!\x1ft:x").hexdigest()[:32], hashlib.sha256(b"u:\x1ft:x").hexdigest()[:32]]
@@ -373,7 +373,7 @@ def test_run_ingest_commits_with_stats_and_skips_when_complete(spark, tmp_path):
     assert stats["rows_in"] == 3 and stats["kept"] == 1
     assert stats["dropped"] == {R.EMPTY_TEXT: 1, R.NO_URL_OR_IMAGE: 1}
     assert (run / "ingest" / "_COMPLETE").is_file()
-    assert not list((run / "_tmp").iterdir()), "no temporary folder is left behind"
+    assert not (run / "_scratch").exists() and not (run / "_tmp").exists(), "no working folder is left behind"
     ledger = spark.read.parquet(str(run / "decisions"))
     assert ledger.count() == 3 and set(ledger.columns) == {"uid", "decision", "reason", "detail", "stage"}
     assert spark.read.parquet(str(run / "ingest" / "data")).count() == 1
@@ -390,14 +390,15 @@ def test_stage_without_marker_is_redone(spark, tmp_path):
     run = tmp_path / "run"
     run_ingest(spark, str(pool), str(run), PipelineConfig())
     (run / "ingest" / "_COMPLETE").unlink()  # as if the driver died before the marker
-    leftover = run / "_tmp" / "ingest-0123456789ab" / "data"  # as if it died mid-write
+    leftover = run / "_scratch" / "ingest-0123456789ab" / "work"  # as if it died mid-attempt
     leftover.mkdir(parents=True)
-    other = run / "_tmp" / "match-0123456789ab"
+    other = run / "_scratch" / "match-0123456789ab"  # another stage's, perhaps running now
     other.mkdir()
-    parked = run / "_tmp" / "ingest-shards-1795662350917"  # not a commit folder: a stage's own
-    parked.mkdir()
+    stray = run / "ingest" / "data" / "part-00009-stray.parquet"  # a half-written file of the dead attempt
+    stray.write_bytes(b"PAR1 cut short")
     assert not run_ingest(spark, str(pool), str(run), PipelineConfig()).skipped
-    assert not leftover.parent.exists() and other.exists() and parked.exists()
+    assert not leftover.parent.exists() and other.exists() and not stray.exists()
+    assert spark.read.parquet(str(run / "ingest" / "data")).count() == 1
 
 
 def test_mmc4_documents_become_image_sentence_pairs(spark, tmp_path):

@@ -16,15 +16,15 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
-from pipeline import match as match_module
-from pipeline.match import BACKENDS, Matcher, get_matcher, reference_match, spaced
+from pipeline.stages import match as match_module
+from pipeline.stages.match import BACKENDS, Matcher, get_matcher, reference_match, spaced
 from tests.conftest import anchor
 from tests.references import MARK_NAMES, METACLIP_WRAPPED_MARKS, metaclip_match, metaclip_spaced
 
 MODES = ("metaclip", "case_insensitive")
 
 # MISSION.md's wrapped marks, written out in tests/references.py rather than taken from
-# pipeline.match, so that a change there is a failure here.
+# pipeline.stages.match, so that a change there is a failure here.
 WRAPPED_MARKS = [pytest.param(m, id=n) for m, n in zip(METACLIP_WRAPPED_MARKS, MARK_NAMES, strict=True)]
 # Characters that are neither wrapped nor turned into spaces: they stay glued to their words.
 UNWRAPPED_MARKS = [
@@ -74,7 +74,7 @@ def matches(texts: Sequence[str | None], entries: Sequence[str], mode: str = "me
     each backend, CSR checked."""
     out = {
         "tests.references": [reference(t, entries, mode) for t in texts],
-        "pipeline.match.reference_match": [reference_match(t, entries, mode) for t in texts],
+        "pipeline.stages.match.reference_match": [reference_match(t, entries, mode) for t in texts],
     }
     for backend in BACKENDS:
         offsets, values = Matcher(entries, mode, backend).match_batch(texts)
@@ -346,7 +346,7 @@ def test_random_texts_agree_with_reference() -> None:
         mode = MODES[case % 2]
         expected = [reference(t, entries, mode) for t in texts]
         matched += sum(map(len, expected))
-        # pipeline.match's own reference loop and spacing (the benchmarks' baseline) agree too.
+        # pipeline.stages.match's own reference loop and spacing (the benchmarks' baseline) agree too.
         assert [reference_match(t, entries, mode) for t in texts] == expected, (mode, entries, texts)
         for t in texts:
             if t is not None:
@@ -385,7 +385,7 @@ def real_captions() -> dict[str, list[str]]:
 def real() -> dict[str, list]:
     """2,000 real captions (all four sources), a real-size metadata list and the reference
     loop's answer for every caption, built once for the module."""
-    from pipeline.metadata import corpus_ngrams, numbers, wordnet_lemmas
+    from pipeline.concepts.metadata import corpus_ngrams, numbers, wordnet_lemmas
 
     by_source = real_captions()
     rng = random.Random(7)
@@ -461,7 +461,7 @@ def test_real_captions_agree_with_reference(real: dict[str, list]) -> None:
     captions, entries, expected = real["captions"], real["entries"], real["expected"]
     assert len(captions) >= 2000 and len(entries) >= 100_000
     # The precomputed-pattern loop is metaclip_match itself, checked here on a few captions;
-    # pipeline.match's reference loop gives the same.
+    # pipeline.stages.match's reference loop gives the same.
     assert expected[:3] == [metaclip_match(t, entries) for t in captions[:3]]
     assert expected[:3] == [reference_match(t, entries) for t in captions[:3]]
     assert sum(map(len, expected)) > 5 * len(captions)  # real captions match many entries

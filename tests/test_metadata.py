@@ -10,9 +10,8 @@ import os
 
 import pytest
 
-from pipeline import metadata
-from pipeline.match import Matcher
-from pipeline.metadata import (
+from pipeline.concepts import metadata
+from pipeline.concepts.metadata import (
     Concepts,
     MetadataError,
     add_cli,
@@ -24,6 +23,7 @@ from pipeline.metadata import (
     wordnet_lemmas,
     write_metadata,
 )
+from pipeline.stages.match import Matcher
 from tests.references import MARK_NAMES, METACLIP_WRAPPED_MARKS
 
 WORDNET_DIR = "/usr/share/wordnet"
@@ -105,7 +105,7 @@ def test_wordnet_data_file_reader_gives_nltks_names(lemmas):
     lemma names, and nltk's synset id is the first name lower-cased. Checked on a seeded sample."""
     import random
 
-    from pipeline.metadata import open_wordnet, wordnet_synsets
+    from pipeline.concepts.metadata import open_wordnet, wordnet_synsets
 
     synsets = list(wordnet_synsets(WORDNET_DIR))
     assert len(synsets) == 117_659

@@ -9,10 +9,12 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.config import ClusterConfig, PipelineConfig, PruneConfig
-from pipeline.dbp import dbp_quotas, inter_cluster_distance
-from pipeline.runs import sql_conf
-from pipeline.semdedup import dedup_cluster, max_similarity_to_earlier, semantic_duplicates
+from pipeline.core.folder import sql_conf
+from pipeline.kernels.dbp import dbp_quotas, inter_cluster_distance
+from pipeline.kernels.semdedup import dedup_cluster, max_similarity_to_earlier, semantic_duplicates
+from pipeline.registry import PipelineConfig
+from pipeline.stages.cluster import ClusterConfig
+from pipeline.stages.prune import PruneConfig
 from tests.embedgen import mixture, plant_duplicates, unit, write_embeddings
 from tests.test_schemas import assert_matches_contract
 
@@ -287,8 +289,8 @@ CFG = PipelineConfig(
 
 
 def cluster_and_prune(spark, emb: str, run_root: str, cfg=CFG):
-    from pipeline.cluster import run_cluster
-    from pipeline.prune import run_prune
+    from pipeline.stages.cluster import run_cluster
+    from pipeline.stages.prune import run_prune
 
     run_cluster(spark, emb, run_root, cfg)
     return run_prune(spark, emb, None, run_root, cfg)
@@ -420,7 +422,7 @@ def test_prune_output_is_partition_invariant(spark, pruned, tmp_path):
 def test_rethreshold_a_stored_similarity_table_without_embeddings(spark, pruned, tmp_path):
     from pyspark.sql import functions as F
 
-    from pipeline.prune import rethreshold, run_prune
+    from pipeline.stages.prune import rethreshold, run_prune
 
     ref = reference_prune(spark, pruned)
     # two stored maxima moved onto the boundary of eps = 0.25: exactly 1 - eps (0.75, exact in
@@ -450,7 +452,7 @@ def test_rethreshold_a_stored_similarity_table_without_embeddings(spark, pruned,
 
 
 def test_invalid_or_missing_embeddings_in_the_prune_input_are_ledger_rows(spark, pruned, tmp_path):
-    from pipeline.prune import run_prune
+    from pipeline.stages.prune import run_prune
 
     x = pruned["x"].copy()
     uids = list(pruned["uids"])
@@ -490,7 +492,7 @@ def test_cli_end_to_end_from_the_embed_stage(spark, tmp_path):
     import pyarrow.parquet as pq
 
     from pipeline.cli import main
-    from pipeline.ledger import check_accounting
+    from pipeline.core.ledger import check_accounting
 
     x = plant_duplicates(mixture(300, 8, centers=3, seed=9), pairs=10, seed=9)
     np.save(tmp_path / "x.npy", x)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import functions as F
 
-from pipeline.config import IngestConfig
-from pipeline.ingest import with_ingest_decisions
-from pipeline.ledger import split_decisions
-from pipeline.sources import read_pool
+from pipeline.core.ledger import split_decisions
+from pipeline.stages.ingest import IngestConfig, with_ingest_decisions
+from pipeline.stages.sources import read_pool
 from tests.conftest import anchor
 
 FONDANT = "fondant/playground/some-cool-pipeline/data/cool-pipeline/cool-pipeline-20231110150133"

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.report import (
+from pipeline.stages.report import (
     ReportError,
     accuracy_fit,
     add_cli,
@@ -134,8 +134,11 @@ def _texts(n: int, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def small_run(spark, tmp_path_factory):
     from pipeline.api import run_balance, run_count, run_match
-    from pipeline.config import BalanceConfig, CountConfig, MatchConfig, PipelineConfig
-    from pipeline.runs import Run
+    from pipeline.core.folder import RunFolder as Run
+    from pipeline.registry import PipelineConfig
+    from pipeline.stages.balance import BalanceConfig
+    from pipeline.stages.count import CountConfig
+    from pipeline.stages.match import MatchConfig
 
     root = tmp_path_factory.mktemp("report")
     pool = root / "pool"

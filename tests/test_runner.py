@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from pipeline.api import RunError, Stage, _load, run_pipeline
 from pipeline.cli import main
-from pipeline.config import TEXT_STAGES, ConfigError, load_config
-from pipeline.runner import REGISTRY, RunError, Stage, _load, run_pipeline
+from pipeline.core.config import ConfigError
+from pipeline.registry import REGISTRY, TEXT_STAGES, load_config
 from tests.pipeline_runs import complete_stages, snapshot
 
 
@@ -100,7 +101,7 @@ def test_errors_are_one_line_and_name_the_fix(spark, first_run, tmp_path, capsys
 
 
 def test_resolved_config_round_trips(first_run, tmp_path):
-    from pipeline.runner import write_resolved_config
+    from pipeline.api import write_resolved_config
 
     path = write_resolved_config(first_run["cfg"], str(tmp_path / "resolved.yaml"))
     assert load_config(path) == first_run["cfg"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import schemas
-from pipeline.contracts import spark_type
+from pipeline.core.contracts import spark_type
 from tests.conftest import build_text_run
 
 OUTPUTS = {

@@ -12,9 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import reasons as R
 from pipeline.api import run_balance, run_count, run_ingest, run_match
-from pipeline.balance import (
+from pipeline.cli import main
+from pipeline.core import reasons as R
+from pipeline.core.config import ConfigError
+from pipeline.core.ledger import split_decisions
+from pipeline.registry import PipelineConfig
+from pipeline.stages.balance import (
+    BalanceConfig,
     balance_batch,
     keep_probabilities,
     threshold_for_tail_fraction,
@@ -22,17 +27,20 @@ from pipeline.balance import (
     uniforms,
     with_balance_decisions,
 )
-from pipeline.cli import main
-from pipeline.config import BalanceConfig, ConfigError, CountConfig, MatchConfig, PipelineConfig
-from pipeline.count import ConceptIndex, count_concepts, count_entries, entry_counts
-from pipeline.ledger import split_decisions
-from pipeline.match import with_entry_ids, with_match_decisions
+from pipeline.stages.count import (
+    ConceptIndex,
+    CountConfig,
+    count_concepts,
+    count_entries,
+    entry_counts,
+)
+from pipeline.stages.match import MatchConfig, with_entry_ids, with_match_decisions
 from tests.references import metaclip_match
 
 WORDS = ["dog", "cat", "red", "car", "new", "york", "new york", "T-shirt", "3", "5", "bird", "tree", "sun", "DOG"]
 ENTRIES = WORDS + ["a,b", "never matches"]
 
-# MetaCLIP balancing as MISSION.md (stage 5) and pipeline/balance.py's docstrings define it, with
+# MetaCLIP balancing as MISSION.md (stage 5) and pipeline/stages/balance.py's docstrings define it, with
 # the constants written out: u = splitmix64(splitmix64(uid_hash ^ splitmix64(seed)) ^ entry * golden)
 # >> 11 / 2^53, uid_hash = the first 8 bytes of BLAKE2b(uid, UTF-8) read little-endian.
 MASK64 = 0xFFFFFFFFFFFFFFFF

@@ -1,6 +1,6 @@
 """The URL guard's address classes, against a hand-written table of IP literals; no DNS, no network.
 
-The verdicts are the documented policy (pipeline/urlguard.py, README "The URL guard") written out
+The verdicts are the documented policy (pipeline/kernels/urlguard.py, README "The URL guard") written out
 by hand: loopback, unspecified, private, link-local, multicast, reserved, cloud-metadata and
 other non-global addresses are refused, public ones allowed. The refusal's class is pinned, not
 only "refused": the classes overlap (Python calls 169.254/16 private too, and anything not
@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from pipeline.urlguard import GuardPolicy, address_kind
+from pipeline.kernels.urlguard import GuardPolicy, address_kind
 
 LOOPBACK = "loopback"
 UNSPECIFIED = "unspecified"

@@ -25,7 +25,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG, Param, chain
 from airflow.sdk.exceptions import AirflowSkipException
 
-# Pipeline order (pipeline.config.STAGES; a test checks they agree).
+# Pipeline order (pipeline.core.config.STAGES; a test checks they agree).
 STAGES = ("ingest", "match", "count", "balance", "download", "embed", "cluster", "prune", "report")
 TEXT_STAGES = ["ingest", "match", "count", "balance", "report"]
 # jobs/ beside this folder, unless the DAG file was copied elsewhere: then set CURATE_JOBS_DIR.

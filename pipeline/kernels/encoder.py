@@ -2,9 +2,9 @@
 
 Worker processes (a torch DataLoader) read and decode slices of shards ("chunks") and
 tokenize their captions while the main process runs the model on the previous chunks; the
-main process writes one Parquet file per input shard as soon as all its chunks are in,
-through a hidden temporary file and a rename, so a half-written shard never looks complete.
-Both the driver path and the Spark executor path (`pipeline.embed.embed_partition`) call
+main process writes one Parquet file per input shard as soon as all its chunks are in, in
+place: a half-written shard has no footer, so it never counts as done (`shard_done`).
+Both the driver path and the Spark executor path (`pipeline.stages.embed.embed_partition`) call
 `embed_shards`.
 """
 
@@ -16,12 +16,11 @@ import math
 import os
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +28,13 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from pipeline import reasons as R
-from pipeline.config import EmbedConfig
-from pipeline.errors import UserError
-from pipeline.imageio import ImageDecodeError, PreprocessSpec, load_image, normalize
-from pipeline.imageshards import Shard, _fs, read_unit, shard_units
+from pipeline.core import reasons as R
+from pipeline.core.errors import UserError
+from pipeline.kernels.imageio import ImageDecodeError, PreprocessSpec, load_image, normalize
+from pipeline.kernels.imageshards import Shard, _fs, read_unit, shard_units
+
+if TYPE_CHECKING:
+    from pipeline.stages.embed import EmbedConfig
 
 log = logging.getLogger(__name__)
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
@@ -104,7 +105,7 @@ def model_config_dir() -> Path:
     from importlib import resources
 
     out = Path(tempfile.mkdtemp(prefix="curate-model-configs-"))
-    for entry in resources.files("pipeline").joinpath("model_configs").iterdir():
+    for entry in resources.files("pipeline.kernels").joinpath("model_configs").iterdir():
         if entry.name.endswith(".json"):
             (out / entry.name).write_bytes(entry.read_bytes())
     return out
@@ -313,7 +314,11 @@ def vectors(values: np.ndarray, valid: np.ndarray) -> pa.Array:
 
 
 def write_shard(out_dir: str, name: str, rows: dict[str, Any], meta: dict[str, Any]) -> str:
-    """Write one shard's rows to `<out_dir>/<name>.parquet` via a hidden temporary file and a rename."""
+    """Write one shard's rows to `<out_dir>/<name>.parquet`, in place.
+
+    A shard cut short has no Parquet footer, and `shard_done` (which reads the footer's
+    fingerprint) sends it back to work; the stage reads the folder only after every shard is done.
+    """
     n = len(rows["uid"])
     table = pa.table(
         {
@@ -331,10 +336,7 @@ def write_shard(out_dir: str, name: str, rows: dict[str, Any], meta: dict[str, A
     )
     fs, final = _fs(f"{out_dir.rstrip('/')}/{name}.parquet")
     fs.create_dir(os.path.dirname(final), recursive=True)
-    # Hidden name: Spark and our own checks ignore it; a crash leaves it behind, never counted.
-    tmp = f"{os.path.dirname(final)}/.{name}.parquet.tmp-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
-    fs.move(tmp, final)
+    pq.write_table(table, final, filesystem=fs, compression="zstd")
     return final
 
 

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipeline import reasons as R
-from pipeline.config import IngestConfig
-from pipeline.contracts import require_columns
+from pipeline.core import reasons as R
+from pipeline.core.config import ConfigError
+from pipeline.core.contracts import require_columns
+from pipeline.core.protocol import Context, Input, Output, Stage
+
+INGEST_FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl", "coco", "webdataset", "datacomp", "flickr", "mmc4")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    format: str = "auto"
+    text_col: str | None = None
+    url_col: str | None = None
+    uid_col: str | None = None
+    # Captions longer than this many characters are dropped (text_too_long): web pools carry
+    # megabyte-long "alt-texts" that are page dumps, not captions.
+    max_text_chars: int = 65536
+    # Output files: Spark partitions of the written Parquet (0 = keep the input's).
+    output_partitions: int = 0
+    # With a uid column, rows under different uids can still be the same (url, text) pair:
+    # keep the one with the smallest uid, drop the rest as duplicate_url_text.
+    drop_duplicate_url_text: bool = True
+
+    def validate(self, where: str) -> None:
+        if self.format not in INGEST_FORMATS:
+            raise ConfigError(f"{where}.format: {self.format!r} is not one of {', '.join(INGEST_FORMATS)}")
+        if self.max_text_chars < 1:
+            raise ConfigError(f"{where}.max_text_chars: must be >= 1, got {self.max_text_chars}")
+        if self.output_partitions < 0:
+            raise ConfigError(f"{where}.output_partitions: must be >= 0, got {self.output_partitions}")
+
 
 RAW_COLUMNS = ("_uid_given", "url", "text", "image_ref", "_malformed", "_text_invalid_utf8")
 UID_HEX_DIGITS = 32
@@ -28,7 +58,7 @@ def content_hash(url: Column, text: Column) -> Column:
 def with_ingest_decisions(raw: DataFrame, cfg: IngestConfig, uid_column: str | None, extras: tuple[str, ...] = ()) -> DataFrame:
     """Add `uid`, `_reason` (null = kept) and `_detail` to a raw pool frame.
 
-    Needs: _uid_given, url, text, image_ref, _malformed, _text_invalid_utf8 (see pipeline.sources).
+    Needs: _uid_given, url, text, image_ref, _malformed, _text_invalid_utf8 (see pipeline.stages.sources).
     Adds: uid (unique over the frame), _reason, _detail. Duplicate uids keep one row,
     chosen by content so the choice does not depend on partitioning; the others are
     renamed '<uid>#dup<k>' and dropped.
@@ -100,3 +130,32 @@ def with_ingest_decisions(raw: DataFrame, cfg: IngestConfig, uid_column: str | N
         .withColumn("_reason", F.when(dup, F.lit(R.DUPLICATE_URL_TEXT)).otherwise(F.col("_reason")))
         .drop("_first")
     )
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run(ctx: Context) -> Output:
+    """Read the pool in any supported format and decide every row."""
+    from pipeline.stages.sources import read_pool
+
+    cfg: IngestConfig = ctx.cfg
+    source = ctx.input().path
+    raw = read_pool(ctx.spark, source, cfg)
+    decided = with_ingest_decisions(raw.df, cfg, raw.uid_given, raw.extras)
+    return Output(
+        decided=decided,
+        shape=lambda kept: kept.select("uid", "url", "text", *[c for c in raw.extras if c in kept.columns]),
+        partitions=cfg.output_partitions,
+        stats={"input": source, "format": raw.fmt, "uid_column": raw.uid_given},
+    )
+
+
+STAGE = Stage(
+    name="ingest",
+    config=IngestConfig,
+    run=run,
+    help="read a pool in any supported format into <output>/ingest",
+    inputs=(Input("input", (), "the pool: a file or folder of Parquet, CSV/TSV, JSONL, COCO json, WebDataset tars, ..."),),
+    schemas={"data": "ingest"},
+)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import logging
@@ -21,7 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from pipeline.match import WRAPPED
+from pipeline.core.errors import UserError
+from pipeline.stages.match import WRAPPED
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ _WRAPPED_SPLIT = re.compile("[" + re.escape(WRAPPED) + "]")
 _PUNCTUATION = frozenset(string.punctuation)
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError):
     """Concept metadata cannot be built or read: a missing source, a bad file, an empty result."""
 
 
@@ -481,60 +481,3 @@ def load_concepts(path: str) -> Concepts:
         path,
     )
     return concepts
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `metadata build` on the `curate` command's subparsers."""
-    p = subparsers.add_parser("metadata", help="build the concept list (MetaCLIP's metadata.json)")
-    actions = p.add_subparsers(dest="metadata_command", metavar="ACTION", required=True)
-    b = actions.add_parser(
-        "build",
-        help="build a concept list from numbers, WordNet, a text corpus and titles",
-        description="Entries come in the order numbers, WordNet, unigrams, bigrams, titles; each "
-        "appears once (first occurrence) and its id is its index in the output JSON list.",
-    )
-    b.add_argument("--output", required=True, metavar="FILE", help="the JSON list to write")
-    b.add_argument("--numbers", action="store_true", help="add the numbers 0-99")
-    b.add_argument("--wordnet", action="store_true", help="add all WordNet 3.0 lemma names")
-    b.add_argument(
-        "--wordnet-source", choices=WORDNET_SOURCES, default="lemmas",
-        help="lemmas: every lemma name, case kept (default); synset-names: one lowercase head word per "
-        "synset, as MetaCLIP's build_metadata.py",
-    )
-    b.add_argument(
-        "--wordnet-dir", metavar="DIR", help=f"WordNet database folder (default {DEFAULT_WORDNET_DIR})"
-    )
-    b.add_argument(
-        "--corpus", nargs="+", action="extend", metavar="PATH",
-        help="UTF-8 text file(s), .gz allowed, for unigrams and bigrams",
-    )
-    b.add_argument("--min-unigram-count", type=int, default=100, metavar="N", help="default 100 (MetaCLIP)")
-    b.add_argument("--min-bigram-pmi", type=float, default=30.0, metavar="X", help="log2 PMI, default 30 (MetaCLIP)")
-    b.add_argument("--min-bigram-count", type=int, default=5, metavar="N", help="skip rarer bigrams (default 5)")
-    b.add_argument("--titles", metavar="PATH", help="text file with one title per line")
-    b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    b.set_defaults(func=cmd_metadata_build)
-
-    from pipeline.downstream import add_actions
-
-    add_actions(actions)
-
-
-def cmd_metadata_build(args: argparse.Namespace) -> int:
-    """`curate metadata build`: build, write, print one summary line."""
-    if args.wordnet_dir and not args.wordnet:
-        raise MetadataError("--wordnet-dir needs --wordnet")
-    sources = _collect_sources(
-        numbers=args.numbers, wordnet=args.wordnet, wordnet_dir=args.wordnet_dir,
-        wordnet_source=args.wordnet_source, corpus=args.corpus,
-        min_unigram_count=args.min_unigram_count, min_bigram_pmi=args.min_bigram_pmi,
-        min_bigram_count=args.min_bigram_count, titles=args.titles,
-    )
-    entries = _union(sources)
-    write_metadata(entries, args.output)
-    per_source = ", ".join(f"{name} {len(items)}" for name, items in sources.items())
-    print(f"metadata: {per_source}; {len(entries)} distinct entries -> {os.path.abspath(args.output)}")
-    return 0

@@ -13,14 +13,34 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline.core.config import ConfigError
+from pipeline.core.protocol import Context, Input, Output, Plan, Stage
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    # A MetaCLIP metadata.json (JSON list), a {concept: [synonyms]} JSON or a text file, one entry a line.
+    metadata: str | None = None
+    # "metaclip" is MetaCLIP's exact, case-sensitive matching; "case_insensitive" lowercases both sides.
+    mode: str = "metaclip"
+    backend: str = "ahocorasick_rs"
+
+    def validate(self, where: str) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"{where}.mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"{where}.backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+
 
 log = logging.getLogger(__name__)
 
 MODES = ("metaclip", "case_insensitive")
 BACKENDS = ("ahocorasick_rs", "pyahocorasick")
-# The marks MetaCLIP wraps in spaces; pipeline.metadata tokenises with them too, so this module
+# The marks MetaCLIP wraps in spaces; pipeline.concepts.metadata tokenises with them too, so this module
 # must not import metadata.
 WRAPPED = ",.;:?!`"
 _SPACING = str.maketrans({**{c: f" {c} " for c in WRAPPED}, "\t": " ", "\n": " ", "\r": " "})
@@ -185,7 +205,7 @@ def with_entry_ids(df, entries: Sequence[str], mode: str = "metaclip", backend: 
     import pyarrow as pa
     from pyspark.sql import types as T
 
-    from pipeline.contracts import require_columns
+    from pipeline.core.contracts import require_columns
 
     require_columns(df, ("text",), "match")
     key = entries_fingerprint(entries, mode)
@@ -215,8 +235,8 @@ def with_match_decisions(df, entries: Sequence[str], mode: str = "metaclip", bac
     """
     from pyspark.sql import functions as F
 
-    from pipeline import reasons as R
-    from pipeline.contracts import require_columns
+    from pipeline.core import reasons as R
+    from pipeline.core.contracts import require_columns
 
     require_columns(df, ("uid", "text"), "match")
     matched = with_entry_ids(df, entries, mode, backend)
@@ -224,3 +244,50 @@ def with_match_decisions(df, entries: Sequence[str], mode: str = "metaclip", bac
     return matched.withColumn("_reason", F.when(none, F.lit(R.NO_CONCEPT_MATCH))).withColumn(
         "_detail", F.when(none, F.lit(f"no entry of {len(entries)} matched ({mode})"))
     )
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def plan(ctx: Context) -> Plan:
+    """The metadata list is read here: its contents (not its path) are part of the fingerprint."""
+    from pipeline.concepts.metadata import load_concepts
+
+    cfg: MatchConfig = ctx.cfg
+    if not cfg.metadata:
+        raise ConfigError("match: no metadata given; pass --metadata FILE (a JSON list, synonyms JSON or text file)")
+    entries = list(load_concepts(cfg.metadata).entries)
+    ctx.state["entries"] = entries
+    return Plan(fingerprint={"entries": entries_fingerprint(entries, cfg.mode)})
+
+
+def run(ctx: Context) -> Output:
+    """Match every text of the input against the metadata entries; a text matching none is dropped."""
+    cfg: MatchConfig = ctx.cfg
+    entries = ctx.state["entries"]
+    source = ctx.input().path
+    df = ctx.spark.read.parquet(source)
+    decided = with_match_decisions(df, entries, cfg.mode, cfg.backend)
+    front = ["uid", "text", "entry_ids"]
+    return Output(
+        decided=decided,
+        shape=lambda kept: kept.select(*front, *[c for c in kept.columns if c not in front]),
+        stats={"input": source, "metadata": cfg.metadata, "entries": len(entries), "match_mode": cfg.mode, "backend": cfg.backend},
+        files={"metadata.json": entries},
+    )
+
+
+def describe(stats: dict, root: str) -> str:
+    return f"against {stats['entries']} entries ({stats['match_mode']})"
+
+
+STAGE = Stage(
+    name="match",
+    config=MatchConfig,
+    run=run,
+    plan=plan,
+    describe=describe,
+    help="MetaCLIP substring matching of every text against a metadata list",
+    inputs=(Input("input", ("ingest",), "a run folder (its ingest output) or a Parquet folder with uid, text"),),
+    schemas={"data": "match"},
+)

@@ -13,7 +13,6 @@ that has the name as a lemma.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.metadata import MetadataError, open_wordnet, write_json_atomic
+from pipeline.concepts.metadata import MetadataError, open_wordnet
 
 log = logging.getLogger(__name__)
 WNID = re.compile(r"^n\d{8}$")
@@ -127,37 +126,3 @@ def concept_synonyms(
             key = f"{name} ({i})" if name in repeated else name
             out.synonyms[key] = list(dict.fromkeys(n for n in names if n.strip()))
     return out
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_actions(actions: Any) -> None:
-    """Register `metadata imagenet` on the `metadata` command's actions."""
-    p = actions.add_parser(
-        "imagenet",
-        help="ImageNet-1k classes with WordNet synonyms, as a {concept: [synonyms]} JSON",
-        description="Class names from open_clip (OpenAI's names, class-index order); synonyms are the "
-        "lemma names of each class's WordNet 3.0 synset, found from --wnids when given, else by name.",
-    )
-    p.add_argument("--output", required=True, metavar="FILE", help="the JSON object to write")
-    p.add_argument(
-        "--wnids", metavar="FILE",
-        help="ImageNet's LOC_synset_mapping.txt, one id per line, or a JSON list (of ids or objects with 'wnid')",
-    )
-    p.add_argument("--wordnet-dir", metavar="DIR", help="WordNet database folder (default Debian's)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=cmd_imagenet)
-
-
-def cmd_imagenet(args: argparse.Namespace) -> int:
-    names = imagenet_classnames()
-    wnids = read_wnids(args.wnids) if args.wnids else None
-    result = concept_synonyms(names, wnids, args.wordnet_dir)
-    write_json_atomic(result.synonyms, args.output)
-    total = sum(len(s) for s in result.synonyms.values())
-    how = f"{result.by_wnid} by WordNet id" if wnids else f"{result.by_name} found by name, {len(result.unresolved)} by name only"
-    print(f"imagenet: {len(names)} classes, {total} synonyms ({how}) -> {os.path.abspath(args.output)}")
-    if result.unresolved:
-        print(f"  no WordNet sense found for: {', '.join(result.unresolved[:20])}{' ...' if len(result.unresolved) > 20 else ''}")
-    return 0

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import json
 import logging
 import math
-import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import STAGES
+from pipeline.core.errors import UserError
+from pipeline.core.protocol import Context, Output, Plan, Stage
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ STEPS = (
     ("deduplicated", "prune", "semantic_duplicate"),
     ("pruned", "prune", None),
 )
-# The stages whose stats the report reads, in pipeline order: every stage but the report itself.
-STAGE_ORDER = tuple(s for s in STAGES if s != "report")
 RAREST_LISTED = 25
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A report input is unusable: an accuracy file that is not {concept: number}, or one that joins nothing."""
 
 
@@ -314,7 +312,7 @@ def step_frames(run) -> dict[str, Any]:
     """
     from pyspark.sql import functions as F
 
-    from pipeline.ledger import read_ledger
+    from pipeline.core.ledger import read_ledger
 
     spark = run.spark
     matched = spark.read.parquet(run.data_dir("match")).select("uid", "text", "entry_ids")
@@ -338,7 +336,7 @@ def step_frames(run) -> dict[str, Any]:
 
 def step_counts(run, entries: list[str]) -> dict[str, pd.Series]:
     """Per-entry text counts for each step present (matched from count/data when there)."""
-    from pipeline.count import count_entries
+    from pipeline.stages.count import count_entries
 
     out: dict[str, pd.Series] = {}
     for step, df in step_frames(run).items():
@@ -363,8 +361,8 @@ def concept_coverage(run, concepts_file: str | None) -> pd.DataFrame | None:
         df = run.spark.read.parquet(f"{run.stage_dir('count')}/concepts").toPandas()
         df.insert(0, "step", "matched")
         return df[["step", "concept", "count", "most_common_synonym", "most_common_synonym_count"]]
-    from pipeline.count import count_concepts
-    from pipeline.metadata import load_concepts
+    from pipeline.concepts.metadata import load_concepts
+    from pipeline.stages.count import count_concepts
 
     concepts = load_concepts(concepts_file)
     if not concepts.synonyms:
@@ -384,8 +382,9 @@ def concept_coverage(run, concepts_file: str | None) -> pd.DataFrame | None:
     return pd.DataFrame(frames, columns=["step", "concept", "count", "most_common_synonym", "most_common_synonym_count"])
 
 
-def _stage_stats(run) -> dict[str, dict[str, Any]]:
-    names = [s for s in STAGE_ORDER if run.fs.exists(f"{run.stage_dir(s)}/stats.json")]
+def _stage_stats(run, order: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Every stage's stats.json in pipeline order (`order`), then any other stage folders'."""
+    names = [s for s in order if s != "report" and run.fs.exists(f"{run.stage_dir(s)}/stats.json")]
     extra = [
         s for s in run.fs.list(run.root)
         if s not in names and not s.startswith(("_", ".")) and s not in ("reports", "decisions")
@@ -420,23 +419,59 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def run_report(spark, run_root: str, concepts_file: str | None = None, accuracy_file: str | None = None) -> dict[str, Any]:
-    """Write `<run_root>/reports/`: concept_frequency.parquet, long_tail.json, PNG plots,
-    [downstream_coverage.parquet, accuracy_fit.json], report.html and datacard.md.
+@dataclass(frozen=True)
+class ReportConfig:
+    # A {concept: [synonym, ...]} JSON: downstream coverage at every step (default: count.concepts).
+    concepts: str | None = None
+    # A {concept: accuracy} JSON to fit against log10 frequency.
+    accuracy: str | None = None
 
-    Every file is written into `<run_root>/_tmp/reports-<id>/`, then the folder is renamed
-    into place, so a crash never leaves a half-written report. Returns a summary with the paths.
-    """
-    from pipeline.runs import Run
+    def validate(self, where: str) -> None:
+        pass
 
-    run = Run(spark, run_root)
+
+def plan(ctx: Context) -> Plan:
+    """The report reads the whole run: every complete stage's marker is part of its fingerprint."""
+    run = ctx.run
+    made = {name: run.marker(name) for name in run.fs.list(run.root) if not name.startswith(("_", ".")) and name != "reports"}
+    concepts = ctx.cfg.concepts or ctx.pipeline.count.concepts
+    files = {"concepts": concepts, "accuracy": ctx.cfg.accuracy}
+    return Plan(fingerprint={
+        "stages": {k: v for k, v in sorted(made.items()) if v is not None},
+        "files": {k: _file_identity(run, v) for k, v in files.items()},
+    })
+
+
+def _file_identity(run, path: str | None) -> Any:
+    if path is None:
+        return None
+    import hashlib
+
+    return [path, hashlib.sha256(run.fs.read_bytes(path)).hexdigest()] if run.fs.exists(path) else [path, None]
+
+
+def run(ctx: Context) -> Output:
+    """Write `<run>/reports/`: concept_frequency.parquet, long_tail.json, PNG plots,
+    [downstream_coverage.parquet, accuracy_fit.json], report.html and datacard.md."""
+    summary = write_report(
+        ctx.run, ctx.cfg.concepts or ctx.pipeline.count.concepts, ctx.cfg.accuracy, ctx.dir, ctx.pipeline.stage_names
+    )
+    files = summary.pop("_files")
+    return Output(files=files, stats=summary)
+
+
+def write_report(
+    run, concepts_file: str | None, accuracy_file: str | None, out_dir: str, order: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The report's files (under `_files`, written by the stage protocol) and a summary."""
+    run_root = run.root
     meta = f"{run.stage_dir('match')}/metadata.json"
     if not run.is_complete("match") or not run.fs.exists(meta):
         raise FileNotFoundError(f"{run_root}: no complete match stage (match/metadata.json); run `curate match` and `curate count` first")
     entries = [str(e) for e in run.fs.read_json(meta)]
     # Read the accuracy file first: a bad one fails before any Spark job runs.
     acc = load_accuracy(accuracy_file, run.fs.read_bytes(accuracy_file).decode("utf-8")) if accuracy_file else None
-    stats = _stage_stats(run)
+    stats = _stage_stats(run, order)
     t = stats.get("balance", {}).get("t")
     counts = step_counts(run, entries)
     tables = {step: frequency_table(c) for step, c in counts.items()}
@@ -475,14 +510,9 @@ def run_report(spark, run_root: str, concepts_file: str | None = None, accuracy_
     files["report.html"] = render_html(run_root, generated, tables, long_tail, coverage, fit, files, stats).encode()
     files["datacard.md"] = render_datacard(run_root, generated, run_json, stats, long_tail, coverage, fit).encode()
 
-    out_dir = f"{run.root}/reports"
-    tmp = f"{run.root}/_tmp/reports-{uuid.uuid4().hex[:12]}"
-    for name, data in files.items():
-        run.fs.write_bytes(f"{tmp}/{name}", data)
-    run.fs.delete(out_dir)
-    run.fs.rename(tmp, out_dir)
     log.info("report: %d steps, %d entries -> %s/report.html", len(tables), len(entries), out_dir)
     return {
+        "_files": files,
         "reports_dir": out_dir,
         "html": f"{out_dir}/report.html",
         "files": sorted(files),
@@ -635,26 +665,17 @@ def render_datacard(
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- command line
+def describe(stats: dict, root: str) -> str:
+    return f"{stats['html']}  (and datacard.md, concept_frequency.parquet, long_tail.json, plots)"
 
 
-def add_cli(subparsers: Any) -> None:
-    """Register `report` on the `curate` command's subparsers."""
-    p = subparsers.add_parser("report", help="concept-frequency report, plots, report.html and datacard.md for a run")
-    p.add_argument("--run", required=True, metavar="DIR", help="the run folder")
-    p.add_argument("--concepts", metavar="FILE", help="a {concept: [synonym, ...]} JSON file for downstream coverage")
-    p.add_argument("--accuracy", metavar="FILE", help="a {concept: accuracy} JSON file to fit against log10 frequency")
-    p.add_argument("--master", help="Spark master (default local[*]; ignored under spark-submit)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=cmd_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """`curate report`: write the reports folder and print the HTML page's path."""
-    from pipeline.config import SparkConfig
-    from pipeline.spark import get_spark
-
-    spark = get_spark(SparkConfig(master=args.master) if args.master else None)
-    result = run_report(spark, args.run, concepts_file=args.concepts, accuracy_file=args.accuracy)
-    print(f"report: {result['html']}")
-    return 0
+STAGE = Stage(
+    name="report",
+    config=ReportConfig,
+    run=run,
+    plan=plan,
+    describe=describe,
+    help="concept-frequency report, plots, report.html and datacard.md for a run",
+    folder="reports",
+    decides_rows=False,
+)

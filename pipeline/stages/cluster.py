@@ -8,18 +8,44 @@ Assignment broadcasts the centroids and runs a numpy matmul per Arrow batch on t
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import UserError
+from pipeline.core.protocol import Context, Input, Output, Stage
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    # Owned by the cluster stage (pipeline/stages/cluster.py).
+    k: int = 100
+    # Cosine k-means (unit-normalised rows and centroids); distance = 1 - cos. Off: squared L2.
+    spherical: bool = True
+    # FAISS trains on at most k x sample_per_centroid points (its max_points_per_centroid).
+    sample_per_centroid: int = 256
+    niter: int = 20
+    # Nearest clusters recorded per row (top_clusters, top_distances) for multi-label analysis.
+    top_m: int = 3
+    embedding_col: str = "image_embedding"
+    # Embedding dimension; None = the most common length in the input (others are invalid rows).
+    dim: int | None = None
+
+    def validate(self, where: str) -> None:
+        for name in ("k", "sample_per_centroid", "niter", "top_m"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.dim is not None and self.dim < 1:
+            raise ConfigError(f"{where}.dim: must be >= 1, got {self.dim}")
+
 
 log = logging.getLogger(__name__)
-STAGE = "cluster"
+STAGE_NAME = "cluster"
 
 
 class ClusterError(UserError):
@@ -213,7 +239,7 @@ def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spheric
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from pipeline import reasons as R
+    from pipeline.core import reasons as R
 
     shared = checked.sparkSession.sparkContext.broadcast(np.asarray(centroids, np.float32))
     dim = centroids.shape[1]
@@ -266,8 +292,8 @@ def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spheric
 # --- stage runner -----------------------------------------------------------------------------
 
 
-def run_cluster(spark, input_path: str, run_root: str, cfg, force: bool = False):
-    """Train k-means on a sample of `input_path`'s embeddings and assign every row: `<run>/cluster`.
+def run(ctx: Context) -> Output:
+    """Train k-means on a sample of the input's embeddings and assign every row: `<run>/cluster`.
 
     Input: a run folder (its embed stage output) or any Parquet with `uid` and the embedding
     column. Output data: uid, cluster_id, distance, top_clusters, top_distances; centroids.npy
@@ -275,38 +301,29 @@ def run_cluster(spark, input_path: str, run_root: str, cfg, force: bool = False)
     """
     from pyspark.sql import functions as F
 
-    from pipeline.contracts import require_columns, select_contract
-    from pipeline.runs import Run, StageResult, config_hash
+    from pipeline.core.contracts import require_columns, select_contract
 
-    c = cfg.cluster
-    run = Run(spark, run_root)
-    source = run.resolve_input(input_path, "embed")
-    fingerprint = config_hash({"input": run.fs.qualify(source), "cluster": c.__dict__, "seed": cfg.seed})
-    if not force and run.is_complete(STAGE, fingerprint):
-        log.info("cluster: complete with the same input, config and seed; skipping")
-        return StageResult(STAGE, run.stage_dir(STAGE), run.stats(STAGE), skipped=True)
+    c: ClusterConfig = ctx.cfg
     require_faiss()
-    started = time.time()
-    df = spark.read.parquet(source)
-    require_columns(df, ("uid", c.embedding_col), STAGE)
+    source = ctx.input().path
+    df = ctx.spark.read.parquet(source)
+    require_columns(df, ("uid", c.embedding_col), STAGE_NAME)
     dim = c.dim or embedding_dimension(df, c.embedding_col)
     checked = with_embedding_check(df.select("uid", c.embedding_col), c.embedding_col, dim).select("uid", "_emb", "_detail")
     valid = checked.where(F.col("_detail").isNull())
     sample_n = c.k * c.sample_per_centroid
     t0 = time.time()
-    x, _ = sample_embeddings(valid, cfg.seed, sample_n, dim)
+    x, _ = sample_embeddings(valid, ctx.seed, sample_n, dim)
     log.info("cluster: sampled %d of at most %d points (dim %d) in %.1fs", len(x), sample_n, dim, time.time() - t0)
     t0 = time.time()
-    trained = train_kmeans(x, c.k, c.niter, cfg.seed, c.spherical)
+    trained = train_kmeans(x, c.k, c.niter, ctx.seed, c.spherical)
     train_s = time.time() - t0
     log.info("cluster: k-means k=%d on %d points in %.1fs (gpu=%s)", c.k, len(x), train_s, trained["gpu"])
-    decided = with_cluster_assignments(checked, trained["centroids"], c.top_m, c.spherical)
-    return run.commit(
-        STAGE,
-        decided,
-        fingerprint,
+    return Output(
+        decided=with_cluster_assignments(checked, trained["centroids"], c.top_m, c.spherical),
         shape=lambda kept: select_contract(kept, "cluster"),
-        extra_stats={
+        files={"centroids.npy": centroids_bytes(trained["centroids"])},
+        stats={
             "input": source,
             "embedding_col": c.embedding_col,
             "k": c.k,
@@ -317,42 +334,22 @@ def run_cluster(spark, input_path: str, run_root: str, cfg, force: bool = False)
             "sample_size": len(x),
             "sample_per_centroid": c.sample_per_centroid,
             "niter": c.niter,
-            "seed": cfg.seed,
+            "seed": ctx.seed,
             "faiss_objective": trained["faiss_objective"],
             "sample_sse": trained["sse"],
             "faiss_version": trained["faiss_version"],
             "gpu": trained["gpu"],
             "train_seconds": round(train_s, 3),
         },
-        started=started,
-        files={"centroids.npy": centroids_bytes(trained["centroids"])},
     )
 
 
-# --- CLI ----------------------------------------------------------------------------------------
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `cluster` on the `curate` command's subparsers."""
-    from pipeline.cli import _common
-
-    p = subparsers.add_parser("cluster", help="FAISS k-means on a sample, then every embedding assigned to its nearest centroids")
-    p.add_argument("--input", required=True, help="a run folder (its embed output) or Parquet with uid and an embedding column")
-    p.add_argument("--output", required=True, help="the run folder")
-    p.add_argument("--k", type=int, help="number of clusters (default 100)")
-    p.add_argument("--spherical", action=argparse.BooleanOptionalAction, default=None, help="cosine k-means (default on)")
-    p.add_argument("--sample-per-centroid", type=int, help="train on at most k x N points (default 256)")
-    p.add_argument("--niter", type=int, help="k-means iterations (default 20)")
-    p.add_argument("--top-m", type=int, help="nearest clusters kept per row in top_clusters (default 3)")
-    p.add_argument("--embedding-col", help="embedding column (default image_embedding)")
-    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    _common(p)  # --config, --master, --seed, -v
-    p.set_defaults(func=cmd_cluster)
-
-
-def cmd_cluster(args: argparse.Namespace) -> int:
-    from pipeline.cli import _stage
-
-    # each flag overrides the cluster config key of the same name
-    overrides = {f"cluster.{name}": getattr(args, name) for name in ("k", "spherical", "sample_per_centroid", "niter", "top_m", "embedding_col")}
-    return _stage(args, overrides, run_cluster, args.input)
+STAGE = Stage(
+    name="cluster",
+    config=ClusterConfig,
+    run=run,
+    help="FAISS k-means on a sample, then every embedding assigned to its nearest centroids",
+    inputs=(Input("input", ("embed",), "a run folder (its embed output) or Parquet with uid and an embedding column"),),
+    schemas={"data": "cluster"},
+    seeded=True,
+)

@@ -15,13 +15,17 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.config import IngestConfig
-from pipeline.imageshards import IMAGE_EXTS
+from pipeline.core.errors import UserError
+from pipeline.kernels.imageshards import IMAGE_EXTS
+
+if TYPE_CHECKING:
+    from pipeline.stages.ingest import IngestConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ VALID_UTF8_MULTIBYTE = (
 EXTRA_COLUMNS = ("width", "height", "image_ref", "source_key", "license")
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """The input cannot be read as a pool: missing, empty, unknown format, no text column."""
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
+
+# Filesystems whose objects appear whole when closed (no rename needed for a small atomic write).
+OBJECT_STORES = ("s3", "s3a", "s3n", "gs", "abfs", "abfss", "wasb", "wasbs", "oss", "cos", "cosn")
 
 
 class RunFS:
@@ -34,11 +38,17 @@ class RunFS:
     def mkdirs(self, path: str) -> None:
         self._fs(path).mkdirs(self._path(path))
 
-    def rename(self, src: str, dst: str) -> None:
-        parent = self._path(dst).getParent()
-        if parent is not None:
-            self._fs(dst).mkdirs(parent)
-        if not self._fs(src).rename(self._path(src), self._path(dst)):
+    def is_dir(self, path: str) -> bool:
+        return bool(self._fs(path).isDirectory(self._path(path)))
+
+    def replace_file(self, src: str, dst: str) -> None:
+        """Rename one small file over `dst`. Folders are never renamed: on S3 or GCS that copies every object."""
+        if self.is_dir(src):
+            raise OSError(f"refusing to rename the folder {src}: outputs are written in place")
+        fs = self._fs(dst)
+        if fs.exists(self._path(dst)):
+            fs.delete(self._path(dst), False)
+        if not fs.rename(self._path(src), self._path(dst)):
             raise OSError(f"could not rename {src} to {dst}")
 
     def list(self, path: str) -> list[str]:
@@ -72,6 +82,19 @@ class RunFS:
         # Long lists (an entry list of 500k strings) are written compactly; the rest for people.
         indent = None if isinstance(obj, list) and len(obj) > 1000 else 2
         self.write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=True, default=str, ensure_ascii=False) + "\n").encode())
+
+    def write_small_json(self, path: str, obj: Any) -> None:
+        """A marker or other small JSON that must never be seen half-written.
+
+        Object stores (s3a, gs) make an object visible only once it is closed, so it is written
+        in place; elsewhere it is written beside and renamed over (one small file).
+        """
+        if self._path(path).toUri().getScheme() in OBJECT_STORES:
+            self.write_json(path, obj)
+            return
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        self.write_json(tmp, obj)
+        self.replace_file(tmp, path)
 
     def read_json(self, path: str) -> Any:
         return json.loads(self.read_bytes(path).decode("utf-8"))

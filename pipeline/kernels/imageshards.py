@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 # Parquet columns that may hold image bytes (img2dataset writes `jpg`; fondant `data`).

@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import schemas
+from pipeline.core.errors import UserError
 
 _SPARK_TYPES: dict[str, T.DataType] = {
     "string": T.StringType(),
@@ -23,7 +24,7 @@ _SPARK_TYPES: dict[str, T.DataType] = {
 }
 
 
-class MissingColumnsError(ValueError):
+class MissingColumnsError(UserError):
     """A stage was handed a DataFrame without the columns it needs."""
 
 

@@ -7,9 +7,9 @@ import itertools
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline import reasons as R
-from pipeline.contracts import require_columns, select_contract
-from pipeline.fs import RunFS
+from pipeline.core import reasons as R
+from pipeline.core.contracts import require_columns, select_contract
+from pipeline.core.fs import RunFS
 
 REASON = "_reason"
 DETAIL = "_detail"

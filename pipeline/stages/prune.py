@@ -6,10 +6,10 @@ to the centroid descending, ties by uid ascending (`rank` 0 = farthest).
 - SemDeDup (`dedup_eps`): member j is dropped (semantic_duplicate) when its maximum cosine
   similarity to the members before it, removed ones included, exceeds 1 - eps. The per-member
   maxima are kept in `<run>/prune/similarity`, so `--similarity RUN --dedup-eps E` applies
-  another eps without touching the embeddings. Kernel: pipeline/semdedup.py.
+  another eps without touching the embeddings. Kernel: pipeline/kernels/semdedup.py.
 - DBP (`keep_fraction`): over SemDeDup's survivors. n_j = survivors of cluster j; d_intra(j) =
   their mean distance to centroid j (cosine: it needs spherical clusters); d_inter over all
-  centroids; N' = round(keep_fraction * sum n_j); the quota x_j of pipeline/dbp.py keeps the
+  centroids; N' = round(keep_fraction * sum n_j); the quota x_j of pipeline/kernels/dbp.py keeps the
   x_j farthest survivors, the rest are density_pruned.
 - Cap (`max_per_cluster`): of what DBP kept, at most M per cluster (the farthest);
   the rest are cluster_capped.
@@ -20,19 +20,58 @@ rank`) decides DBP and the cap together: kept iff position <= min(quota_j, M).
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import time
-import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import UserError
+from pipeline.core.protocol import Context, Input, Output, Plan, Stage
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    # Owned by the prune stage (pipeline/stages/prune.py); every step is optional (None = off).
+    # SemDeDup: drop a member whose max cosine similarity to earlier members exceeds 1 - eps.
+    dedup_eps: float | None = None
+    # DBP: keep this fraction of SemDeDup's survivors, spread by cluster complexity.
+    keep_fraction: float | None = None
+    temperature: float = 0.5
+    inter_k: int = 20
+    floor_ratio: float = 0.0
+    # Cluster balancing: keep at most this many members per cluster (the farthest).
+    max_per_cluster: int | None = None
+    # SemDeDup similarity blocks: block_size x block_size float32 per matmul.
+    block_size: int = 4096
+    # A previous prune's similarity table (a run, a prune folder or the table): re-threshold it
+    # with dedup_eps instead of recomputing similarities.
+    similarity: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.dedup_eps is not None and not 0.0 <= self.dedup_eps < 1.0:
+            raise ConfigError(f"{where}.dedup_eps: must be in [0, 1), got {self.dedup_eps}")
+        if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
+            raise ConfigError(f"{where}.keep_fraction: must be in (0, 1], got {self.keep_fraction}")
+        if self.temperature <= 0:
+            raise ConfigError(f"{where}.temperature: must be > 0, got {self.temperature}")
+        if self.inter_k < 1:
+            raise ConfigError(f"{where}.inter_k: must be >= 1, got {self.inter_k}")
+        if not 0.0 <= self.floor_ratio <= 1.0:
+            raise ConfigError(f"{where}.floor_ratio: must be in [0, 1], got {self.floor_ratio}")
+        if self.max_per_cluster is not None and self.max_per_cluster < 1:
+            raise ConfigError(f"{where}.max_per_cluster: must be >= 1, got {self.max_per_cluster}")
+        if self.block_size < 1:
+            raise ConfigError(f"{where}.block_size: must be >= 1, got {self.block_size}")
+        if self.similarity is not None and self.dedup_eps is None:
+            raise ConfigError(f"{where}.similarity: re-thresholding a similarity table needs dedup_eps")
+
 
 log = logging.getLogger(__name__)
-STAGE = "prune"
+STAGE_NAME = "prune"
 SIMILARITY_COLUMNS = ("uid", "cluster_id", "rank", "max_sim_earlier", "most_similar_uid")
 
 
@@ -55,7 +94,7 @@ def with_similarity(members, block_size: int):
     import pyarrow.compute as pc
     from pyspark.sql import types as T
 
-    from pipeline.semdedup import dedup_cluster
+    from pipeline.kernels.semdedup import dedup_cluster
 
     out_schema = T.StructType(
         [f for f in members.schema.fields if f.name != "_emb"]
@@ -114,11 +153,11 @@ def rethreshold(similarity, eps: float):
 
 def similarity_table_path(run, path: str) -> str:
     """A run folder, a prune stage folder or the similarity table itself -> the table's path."""
-    from pipeline.runs import MARKER
+    from pipeline.core.folder import MARKER
 
     path = path.rstrip("/")
-    if run.fs.exists(f"{path}/{STAGE}/{MARKER}"):
-        path = f"{path}/{STAGE}"
+    if run.fs.exists(f"{path}/{STAGE_NAME}/{MARKER}"):
+        path = f"{path}/{STAGE_NAME}"
     if run.fs.exists(f"{path}/{MARKER}"):
         if not run.fs.exists(f"{path}/similarity"):
             raise PruneError(f"{path} has no similarity table: that prune ran without SemDeDup")
@@ -164,7 +203,7 @@ def with_prune_decisions(members, limits, eps: float | None, max_per_cluster: in
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from pipeline import reasons as R
+    from pipeline.core import reasons as R
 
     w = Window.partitionBy("cluster_id").orderBy("rank").rowsBetween(Window.unboundedPreceding, Window.currentRow)
     pos = F.col("_position")
@@ -193,7 +232,7 @@ def _cluster_stats_bytes(table: dict[str, Any]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.contracts import contract_columns
+    from pipeline.core.contracts import contract_columns
 
     types = {"int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64()}
     fields = [pa.field(c["name"], types[c["type"]], c["nullable"]) for c in contract_columns("cluster_stats")]
@@ -209,51 +248,47 @@ def _cluster_stats_bytes(table: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, cfg, force: bool = False):
+def plan(ctx: Context) -> Plan:
+    """The cluster stage's output must carry centroids; an earlier similarity table is an input too."""
+    p: PruneConfig = ctx.cfg
+    run = ctx.run
+    clusters = ctx.input("clusters")
+    if clusters.dir is None or not run.fs.exists(f"{clusters.dir}/centroids.npy"):
+        raise PruneError(f"{clusters.given}: not a cluster stage output (no centroids.npy)")
+    cstats = run.fs.read_json(f"{clusters.dir}/stats.json")
+    if p.keep_fraction is not None and not cstats.get("spherical", True):
+        raise PruneError("prune: DBP uses cosine distances to the centroid; recluster with --spherical")
+    sim_source = similarity_table_path(run, p.similarity) if p.similarity else None
+    ctx.state.update(cstats=cstats, sim_source=sim_source)
+    return Plan(fingerprint={"similarity": run.fs.qualify(sim_source) if sim_source else None})
+
+
+def run(ctx: Context) -> Output:
     """SemDeDup, DBP and the per-cluster cap over the cluster stage's members: `<run>/prune`.
 
-    `input_path`: a run folder (its embed output) or Parquet with uid and the embedding column
+    `input`: a run folder (its embed output) or Parquet with uid and the embedding column
     (needed only when SemDeDup computes similarities; its scalar columns are carried to the output).
-    `clusters_path`: a run folder or cluster stage folder (default: `run_root`).
+    `clusters`: a run folder or cluster stage folder (default: the run folder).
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from pipeline.cluster import load_centroids, with_embedding_check
-    from pipeline.contracts import require_columns, select_contract
-    from pipeline.dbp import dbp_quotas, inter_cluster_distance, kept_total
-    from pipeline.runs import MARKER, Run, StageResult, config_hash
+    from pipeline.core.contracts import require_columns, select_contract
+    from pipeline.kernels.dbp import dbp_quotas, inter_cluster_distance, kept_total
+    from pipeline.stages.cluster import load_centroids, with_embedding_check
 
-    p = cfg.prune
-    run = Run(spark, run_root)
-    cluster_source = run.resolve_input(clusters_path or run_root, "cluster")
-    cluster_dir = cluster_source[: -len("/data")] if cluster_source.endswith("/data") else cluster_source
-    if not run.fs.exists(f"{cluster_dir}/centroids.npy"):
-        raise PruneError(f"{clusters_path or run_root}: not a cluster stage output (no centroids.npy)")
-    cstats = run.fs.read_json(f"{cluster_dir}/stats.json")
-    if p.keep_fraction is not None and not cstats.get("spherical", True):
-        raise PruneError("prune: DBP uses cosine distances to the centroid; recluster with --spherical")
-    embed_source = run.resolve_input(input_path, "embed")
+    p: PruneConfig = ctx.cfg
+    spark, run = ctx.spark, ctx.run
+    cluster_dir, cluster_source = ctx.input("clusters").dir, ctx.input("clusters").path
+    embed_source = ctx.input().path
+    cstats, sim_source = ctx.state["cstats"], ctx.state["sim_source"]
     compute_sim = p.dedup_eps is not None and p.similarity is None
-    sim_source = similarity_table_path(run, p.similarity) if p.similarity else None
-    cluster_marker = run.fs.read_json(f"{cluster_dir}/{MARKER}") if run.fs.exists(f"{cluster_dir}/{MARKER}") else {}
-    fingerprint = config_hash({
-        "input": run.fs.qualify(embed_source),
-        "clusters": run.fs.qualify(cluster_source),
-        "clusters_marker": cluster_marker.get("fingerprint"),
-        "similarity": run.fs.qualify(sim_source) if sim_source else None,
-        "prune": p.__dict__,
-    })
-    if not force and run.is_complete(STAGE, fingerprint):
-        log.info("prune: complete with the same inputs and config; skipping")
-        return StageResult(STAGE, run.stage_dir(STAGE), run.stats(STAGE), skipped=True)
-    started = time.time()
     centroids = load_centroids(run.fs, f"{cluster_dir}/centroids.npy")
     emb_col = cstats.get("embedding_col", "image_embedding")
     clusters = spark.read.parquet(cluster_source)
-    require_columns(clusters, ("uid", "cluster_id", "distance"), STAGE)
+    require_columns(clusters, ("uid", "cluster_id", "distance"), STAGE_NAME)
     embed = spark.read.parquet(embed_source)
-    require_columns(embed, ("uid", emb_col) if compute_sim else ("uid",), STAGE)
+    require_columns(embed, ("uid", emb_col) if compute_sim else ("uid",), STAGE_NAME)
     taken = {"uid", "cluster_id", "distance", "rank", "max_sim_earlier", "most_similar_uid"}
     extras = [
         f.name for f in embed.schema.fields
@@ -276,115 +311,90 @@ def run_prune(spark, input_path: str, clusters_path: str | None, run_root: str, 
     else:
         members = with_rank(members).withColumn("_detail", F.lit(None).cast("string"))
 
-    tmp = f"{run.root}/_tmp/prune-members-{uuid.uuid4().hex[:12]}"
-    try:
-        t0 = time.time()
-        members.write.parquet(tmp)  # the expensive per-cluster work, done once
-        members = spark.read.parquet(tmp)
-        log.info("prune: per-cluster similarities in %.1fs", time.time() - t0)
-        if sim_source:
-            bad = members.where(F.col("rank").isNull() | (F.col("_stored_cluster") != F.col("cluster_id"))).count()
-            if bad:
-                raise PruneError(
-                    f"prune --similarity {p.similarity}: {bad} members are missing or in another cluster there; "
-                    "it was computed on other clusters: run without --similarity"
-                )
-            members = members.drop("_stored_cluster")
-        members = _survivor_flags(members, p.dedup_eps)
-        k = len(centroids)
-        size = np.zeros(k, np.int64)
-        n = np.zeros(k, np.int64)
-        d_intra = np.full(k, np.nan)
-        for r in cluster_survivors(members):
-            cid = int(r["cluster_id"])
-            size[cid], n[cid] = int(r["size"] or 0), int(r["n"] or 0)
-            if n[cid]:
-                d_intra[cid] = float(r["dsum"]) / n[cid]
-        d_inter = inter_cluster_distance(centroids, p.inter_k)
-        complexity = d_inter * d_intra
-        probability = np.full(k, np.nan)
-        extra: dict[str, Any] = {}
-        if p.keep_fraction is not None:
-            q = dbp_quotas(n, np.nan_to_num(d_intra), d_inter, p.keep_fraction, p.temperature, p.floor_ratio)
-            quota = q["quota"]
-            probability = np.where(n > 0, q["p"], np.nan)
-            extra = {"dbp_keep_total": q["keep_total"], "dbp_nu": q["nu"]}
-        else:
-            quota = n.copy()
-        limit = np.minimum(quota, p.max_per_cluster) if p.max_per_cluster else quota
-        limits = spark.createDataFrame(
-            [(i, int(quota[i]), int(limit[i]), int(n[i])) for i in range(k)],
-            "cluster_id int, _quota long, _limit long, _n long",
-        )
-        decided = with_prune_decisions(members, limits, p.dedup_eps, p.max_per_cluster)
-        stats_table = {
-            "cluster": np.arange(k), "size": size, "d_intra": d_intra, "d_inter": d_inter, "complexity": complexity,
-            "probability": probability, "quota": quota.astype(np.float64) if p.keep_fraction is not None else np.full(k, np.nan),
-            "kept_after_dedup": n, "kept_after_dbp": quota, "kept_after_cap": limit,
-        }
-        tables = {}
-        if p.dedup_eps is not None:
-            tables["similarity"] = select_contract(members.where(F.col("_valid")), "prune_similarity")
-        result = run.commit(
-            STAGE,
-            decided,
-            fingerprint,
-            shape=lambda kept: select_contract(kept, "prune", extra=extras),
-            tables=tables,
-            files={"cluster_stats.parquet": _cluster_stats_bytes(stats_table)},
-            extra_stats={
-                "input": embed_source,
-                "clusters": cluster_source,
-                "similarity_from": sim_source,
-                "k": k,
-                "dedup_eps": p.dedup_eps,
-                "keep_fraction": p.keep_fraction,
-                "temperature": p.temperature,
-                "inter_k": p.inter_k,
-                "floor_ratio": p.floor_ratio,
-                "max_per_cluster": p.max_per_cluster,
-                "block_size": p.block_size,
-                "members": int(size.sum()),
-                "after_dedup": int(n.sum()),
-                "after_dbp": int(quota.sum()),
-                "after_cap": int(limit.sum()),
-                **({"dbp_expected_keep_total": kept_total(int(n.sum()), p.keep_fraction)} if p.keep_fraction is not None else {}),
-                **extra,
-            },
-            started=started,
-        )
-    finally:
-        run.fs.delete(tmp)
-    return result
+    tmp = ctx.scratch("members")
+    t0 = time.time()
+    members.write.parquet(tmp)  # the expensive per-cluster work, done once
+    members = spark.read.parquet(tmp)
+    log.info("prune: per-cluster similarities in %.1fs", time.time() - t0)
+    if sim_source:
+        bad = members.where(F.col("rank").isNull() | (F.col("_stored_cluster") != F.col("cluster_id"))).count()
+        if bad:
+            raise PruneError(
+                f"prune --similarity {p.similarity}: {bad} members are missing or in another cluster there; "
+                "it was computed on other clusters: run without --similarity"
+            )
+        members = members.drop("_stored_cluster")
+    members = _survivor_flags(members, p.dedup_eps)
+    k = len(centroids)
+    size = np.zeros(k, np.int64)
+    n = np.zeros(k, np.int64)
+    d_intra = np.full(k, np.nan)
+    for r in cluster_survivors(members):
+        cid = int(r["cluster_id"])
+        size[cid], n[cid] = int(r["size"] or 0), int(r["n"] or 0)
+        if n[cid]:
+            d_intra[cid] = float(r["dsum"]) / n[cid]
+    d_inter = inter_cluster_distance(centroids, p.inter_k)
+    complexity = d_inter * d_intra
+    probability = np.full(k, np.nan)
+    extra: dict[str, Any] = {}
+    if p.keep_fraction is not None:
+        q = dbp_quotas(n, np.nan_to_num(d_intra), d_inter, p.keep_fraction, p.temperature, p.floor_ratio)
+        quota = q["quota"]
+        probability = np.where(n > 0, q["p"], np.nan)
+        extra = {"dbp_keep_total": q["keep_total"], "dbp_nu": q["nu"]}
+    else:
+        quota = n.copy()
+    limit = np.minimum(quota, p.max_per_cluster) if p.max_per_cluster else quota
+    limits = spark.createDataFrame(
+        [(i, int(quota[i]), int(limit[i]), int(n[i])) for i in range(k)],
+        "cluster_id int, _quota long, _limit long, _n long",
+    )
+    decided = with_prune_decisions(members, limits, p.dedup_eps, p.max_per_cluster)
+    stats_table = {
+        "cluster": np.arange(k), "size": size, "d_intra": d_intra, "d_inter": d_inter, "complexity": complexity,
+        "probability": probability, "quota": quota.astype(np.float64) if p.keep_fraction is not None else np.full(k, np.nan),
+        "kept_after_dedup": n, "kept_after_dbp": quota, "kept_after_cap": limit,
+    }
+    tables = {}
+    if p.dedup_eps is not None:
+        tables["similarity"] = select_contract(members.where(F.col("_valid")), "prune_similarity")
+    return Output(
+        decided=decided,
+        shape=lambda kept: select_contract(kept, "prune", extra=extras),
+        tables=tables,
+        files={"cluster_stats.parquet": _cluster_stats_bytes(stats_table)},
+        stats={
+            "input": embed_source,
+            "clusters": cluster_source,
+            "similarity_from": sim_source,
+            "k": k,
+            "dedup_eps": p.dedup_eps,
+            "keep_fraction": p.keep_fraction,
+            "temperature": p.temperature,
+            "inter_k": p.inter_k,
+            "floor_ratio": p.floor_ratio,
+            "max_per_cluster": p.max_per_cluster,
+            "block_size": p.block_size,
+            "members": int(size.sum()),
+            "after_dedup": int(n.sum()),
+            "after_dbp": int(quota.sum()),
+            "after_cap": int(limit.sum()),
+            **({"dbp_expected_keep_total": kept_total(int(n.sum()), p.keep_fraction)} if p.keep_fraction is not None else {}),
+            **extra,
+        },
+    )
 
 
-# --- CLI ----------------------------------------------------------------------------------------
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `prune` on the `curate` command's subparsers."""
-    from pipeline.cli import _common
-
-    p = subparsers.add_parser("prune", help="SemDeDup, density-based pruning and a per-cluster cap over clustered embeddings")
-    p.add_argument("--input", required=True, help="a run folder (its embed output) or Parquet with uid and the embedding column")
-    p.add_argument("--clusters", help="a run folder or cluster stage folder (default: --output's)")
-    p.add_argument("--output", required=True, help="the run folder")
-    p.add_argument("--dedup-eps", type=float, help="SemDeDup: drop members with cos > 1 - eps to an earlier member")
-    p.add_argument("--similarity", metavar="RUN_OR_TABLE", help="re-threshold this earlier prune's similarity table with --dedup-eps instead of recomputing")
-    p.add_argument("--keep-fraction", type=float, help="DBP: keep this fraction of SemDeDup's survivors")
-    p.add_argument("--temperature", type=float, help="DBP: softmax temperature tau (default 0.5)")
-    p.add_argument("--inter-k", type=int, help="DBP: nearest other centroids in d_inter (default 20)")
-    p.add_argument("--floor-ratio", type=float, help="DBP: lower bound lb_j = min(floor_ratio * N'/K, n_j - 1) (default 0)")
-    p.add_argument("--max-per-cluster", type=int, help="cap: keep at most M members per cluster, the farthest")
-    p.add_argument("--block-size", type=int, help="SemDeDup block size B (B x B similarities at a time; default 4096)")
-    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    _common(p)  # --config, --master, --seed, -v
-    p.set_defaults(func=cmd_prune)
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    from pipeline.cli import _stage
-
-    # each flag overrides the prune config key of the same name
-    overrides = {f"prune.{name}": getattr(args, name) for name in ("dedup_eps", "similarity", "keep_fraction", "temperature", "inter_k", "floor_ratio", "max_per_cluster", "block_size")}
-    return _stage(args, overrides, run_prune, args.input, args.clusters)
+STAGE = Stage(
+    name="prune",
+    config=PruneConfig,
+    run=run,
+    plan=plan,
+    help="SemDeDup, density-based pruning and a per-cluster cap over clustered embeddings",
+    inputs=(
+        Input("input", ("embed",), "a run folder (its embed output) or Parquet with uid and the embedding column"),
+        Input("clusters", ("cluster",), "a run folder or cluster stage folder (default: the run folder's)"),
+    ),
+    schemas={"data": "prune", "similarity": "prune_similarity"},
+)

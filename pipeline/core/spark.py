@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from pipeline.config import SparkConfig
+from pipeline.core.config import SparkConfig
 
 log = logging.getLogger(__name__)
 

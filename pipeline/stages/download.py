@@ -19,27 +19,88 @@ successes and shards kept.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
 import importlib.util
 import logging
 import os
 import sys
 import time
-import uuid
+import typing
+from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import reasons as R
-from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
-from pipeline.runs import MARKER
+from pipeline.core import reasons as R
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import UserError
+from pipeline.core.folder import now
+from pipeline.core.protocol import Context, Input, Output, Plan, Stage
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    # Owned by the download stage (pipeline/stages/download.py); img2dataset does the fetching.
+    image_size: int = 256
+    # img2dataset's resize modes: no, keep_ratio, keep_ratio_largest, center_crop, border.
+    resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = False
+    # webdataset (tars + per-shard Parquet metadata) or parquet (image bytes in the rows).
+    output_format: str = "webdataset"
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    processes: int = 2
+    threads: int = 16
+    samples_per_shard: int = 10000
+    # Seconds per socket operation (connect, each read); a slow server past it is a failure.
+    timeout: float = 10.0
+    retries: int = 0
+    # auto: img2dataset's pyspark distributor when Spark's master is not local, else multiprocessing.
+    distributor: str = "auto"
+    # Images whose header claims more pixels than this are refused before decoding
+    # (decompression bombs); Pillow's own warning threshold by default.
+    max_image_pixels: int = 89_478_485
+    user_agent_token: str | None = "img2dataset"
+    # The URL guard: refuse non-http(s) schemes, credentials in URLs, and hosts resolving to
+    # private, loopback, link-local, multicast, reserved or cloud-metadata addresses.
+    # allow_hosts lifts it for listed hosts, addresses or networks ("127.0.0.1", "10.0.0.0/8",
+    # "images.internal"); allow_private_hosts switches the address checks off (not the scheme check).
+    allow_hosts: tuple[str, ...] = field(default=(), metadata={"aliases": ("--allow-host",)})
+    allow_private_hosts: bool = False
+    # Fetch again only the uids whose last status is download_failed, into new shards beside
+    # the earlier ones (an action on a complete stage, not a setting of what it makes).
+    retry_failed: bool = False
+
+    RESIZE_MODES: typing.ClassVar[tuple[str, ...]] = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
+    OUTPUT_FORMATS: typing.ClassVar[tuple[str, ...]] = ("webdataset", "parquet")
+    ENCODE_FORMATS: typing.ClassVar[tuple[str, ...]] = ("jpg", "png", "webp")
+    DISTRIBUTORS: typing.ClassVar[tuple[str, ...]] = ("auto", "multiprocessing", "pyspark")
+
+    def validate(self, where: str) -> None:
+        if self.image_size < 8:
+            raise ConfigError(f"{where}.image_size: must be >= 8, got {self.image_size}")
+        for name, allowed in (
+            ("resize_mode", self.RESIZE_MODES), ("output_format", self.OUTPUT_FORMATS),
+            ("distributor", self.DISTRIBUTORS), ("encode_format", self.ENCODE_FORMATS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{where}.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("processes", "threads", "samples_per_shard", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.timeout <= 0:
+            raise ConfigError(f"{where}.timeout: must be > 0, got {self.timeout}")
+        if self.retries < 0:
+            raise ConfigError(f"{where}.retries: must be >= 0, got {self.retries}")
+        from pipeline.kernels.urlguard import parse_allow_list
+
+        try:
+            parse_allow_list(self.allow_hosts)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.allow_hosts: {exc}") from None
+
 
 log = logging.getLogger(__name__)
 
-STAGE = "download"
-# Text stages whose output can be downloaded, most curated first.
-TEXT_STAGES = ("balance", "match", "ingest")
+STAGE_NAME = "download"
 # img2dataset's digits in shard names (00042.tar): up to 100k shards per stage.
 OOM_SHARD_COUNT = 5
 # Per-sample columns img2dataset writes (or reserves); the input's own columns with these names
@@ -64,24 +125,8 @@ def _img2dataset_missing() -> DownloadError:
 # --------------------------------------------------------------------------- input and guard
 
 
-def resolve_source(run, path: str) -> str:
-    """The Parquet folder to download: a run's latest complete text stage, a stage folder, or `path`."""
-    path = path.rstrip("/")
-    for stage in TEXT_STAGES:
-        if run.fs.exists(f"{path}/{stage}/{MARKER}"):
-            return f"{path}/{stage}/data"
-    if run.fs.exists(f"{path}/{MARKER}") and run.fs.exists(f"{path}/data"):
-        return f"{path}/data"
-    started = [s for s in TEXT_STAGES if run.fs.exists(f"{path}/{s}")]
-    if started:
-        raise FileNotFoundError(f"{path}: no complete text stage ({', '.join(started)} incomplete); rerun it first")
-    if not run.fs.exists(path):
-        raise FileNotFoundError(f"input not found: {path}")
-    return path
-
-
 def guard_policy(cfg) -> Any:
-    from pipeline.urlguard import GuardPolicy
+    from pipeline.kernels.urlguard import GuardPolicy
 
     return GuardPolicy(allow=tuple(cfg.allow_hosts), allow_private=cfg.allow_private_hosts)
 
@@ -93,7 +138,7 @@ def with_url_refusals(df, policy, threads: int = 16):
     """
     import pandas as pd
 
-    from pipeline.urlguard import check_hosts
+    from pipeline.kernels.urlguard import check_hosts
 
     def judge(batches):
         for batch in batches:
@@ -117,7 +162,7 @@ def fetch_images(
     """Run img2dataset over the Parquet files in `input_dir` (uid, url[, text]) into `shards_dir`.
 
     img2dataset's own pieces (reader, writers, distributors, progress logger) do the work; the
-    guarded downloader and the bounded resizer replace its defaults (see pipeline.fetch).
+    guarded downloader and the bounded resizer replace its defaults (see pipeline.kernels.fetch).
     """
     import fsspec
 
@@ -128,7 +173,7 @@ def fetch_images(
         from img2dataset.reader import Reader
         from img2dataset.writer import ParquetSampleWriter, WebDatasetSampleWriter
 
-        from pipeline.fetch import BoundedResizer, GuardedDownloader
+        from pipeline.kernels.fetch import BoundedResizer, GuardedDownloader
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] != "img2dataset":
             raise
@@ -172,7 +217,7 @@ def fetch_images(
     # img2dataset's progress: per-shard and total speed and the error table, from its stats files.
     distribute = multiprocessing_distributor if distributor == "multiprocessing" else pyspark_distributor
     with _stdout_to_stderr():
-        progress = LoggerProcess(shards_dir, False, "img2dataset", {"stage": STAGE})
+        progress = LoggerProcess(shards_dir, False, "img2dataset", {"stage": STAGE_NAME})
         progress.done_shards = set()
         progress.start()
         try:
@@ -214,8 +259,8 @@ def _shard_files(run, shards_dir: str) -> dict[int, list[str]]:
     return out
 
 
-def _complete_shards(run, shards_dir: str) -> tuple[dict[int, list[str]], dict[str, Any]]:
-    """Shards img2dataset finished (it writes NNNNN_stats.json last); partial ones are removed.
+def _complete_shards(run, shards_dir: str, first: int = 0) -> tuple[dict[int, list[str]], dict[str, Any]]:
+    """Shards from `first` on that img2dataset finished (it writes NNNNN_stats.json last); partial ones are removed.
 
     Returns the complete shards' files and img2dataset's summed statistics.
     """
@@ -227,6 +272,8 @@ def _complete_shards(run, shards_dir: str) -> tuple[dict[int, list[str]], dict[s
     errors: Counter = Counter()
     complete: dict[int, list[str]] = {}
     for shard, names in sorted(_shard_files(run, shards_dir).items()):
+        if shard < first:
+            continue
         stats_name = f"{shard:0{OOM_SHARD_COUNT}d}_stats.json"
         if stats_name not in names:
             log.warning("download: shard %d did not finish; removing its partial files %s", shard, names)
@@ -269,7 +316,7 @@ def with_download_decisions(todo, refusals, results):
     """
     from pyspark.sql import functions as F
 
-    from pipeline.urlguard import REFUSED_PREFIX
+    from pipeline.kernels.urlguard import REFUSED_PREFIX
 
     df = todo.join(refusals, on="uid", how="left").join(results, on="uid", how="left")
     refused_later = F.col("error_message").startswith(REFUSED_PREFIX)
@@ -291,53 +338,45 @@ def with_download_decisions(todo, refusals, results):
     )
 
 
-def _shape(kept, extras: list[str]):
-    from pipeline.contracts import select_contract
-
-    return select_contract(kept, "download", extra=extras)
-
-
 # --------------------------------------------------------------------------- the runner
 
 
-def _fingerprint(run, source: str, cfg) -> str:
-    from pipeline.runs import config_hash
-
-    # Parallelism does not change what is written; everything else may.
-    skip = {"processes", "threads", "distributor"}
-    return config_hash({"input": run.fs.qualify(source), "download": {k: v for k, v in cfg.__dict__.items() if k not in skip}})
-
-
-def run_download(
-    spark, input_path: str, run_root: str, cfg: PipelineConfig, force: bool = False, retry_failed: bool = False
-):
-    """Download the images of `input_path` into `<run_root>/download`; see the module docstring."""
-    from pyspark.sql import functions as F
-
-    from pipeline.contracts import require_columns
-    from pipeline.ledger import split_decisions
-    from pipeline.runs import Run, StageResult, _now
-
-    d = cfg.download
+def plan(ctx: Context) -> Plan:
+    """A retry works on the complete stage: its shards, data and ledger stay; everything else is redone whole."""
+    d: DownloadConfig = ctx.cfg
     if importlib.util.find_spec("img2dataset") is None:
         raise _img2dataset_missing()
-    run = Run(spark, run_root)
-    stage_dir = run.stage_dir(STAGE)
-    source = resolve_source(run, input_path)
-    fingerprint = _fingerprint(run, source, d)
-    previous = run.marker(STAGE)
-    if retry_failed and previous is None:
-        log.warning("download: no complete download in %s to retry; downloading everything", stage_dir)
-        retry_failed = False
-    if force:
-        retry_failed = False
-    if not force and not retry_failed and run.is_complete(STAGE, fingerprint):
-        log.info("download: complete in %s with the same input and config; skipping", stage_dir)
-        return StageResult(STAGE, stage_dir, run.stats(STAGE), skipped=True)
-    started = time.time()
+    run = ctx.run
+    previous = run.marker(STAGE_NAME)
+    retry = d.retry_failed and not ctx.force
+    if retry and previous is None:
+        log.warning("download: no complete download in %s to retry; downloading everything", ctx.dir)
+        retry = False
+    if retry:
+        from pyspark.sql import functions as F
 
+        failed = ctx.spark.read.parquet(run.ledger_dir(STAGE_NAME)).where(F.col("reason") == R.DOWNLOAD_FAILED)
+        if failed.limit(1).count() == 0:
+            log.info("download: no download_failed uids to retry in %s", ctx.dir)
+            retry = False
+    ctx.state.update(retry=retry, old_stats=run.stats(STAGE_NAME) if retry else {})
+    if retry:
+        return Plan(redo=True, keep=("shards", "data"), keep_ledger=True)
+    return Plan()
+
+
+def run(ctx: Context) -> Output:
+    """Download the images of the input into `<run>/download`; see the module docstring."""
+    from pyspark.sql import functions as F
+
+    from pipeline.core.contracts import require_columns, select_contract
+
+    d: DownloadConfig = ctx.cfg
+    spark, run = ctx.spark, ctx.run
+    retry, old_stats = ctx.state["retry"], ctx.state["old_stats"]
+    source = ctx.input().path
     df = spark.read.parquet(source)
-    require_columns(df, ("uid", "url"), STAGE)
+    require_columns(df, ("uid", "url"), STAGE_NAME)
     with_text = "text" in df.columns
     if not with_text:
         df = df.withColumn("text", F.lit(None).cast("string"))
@@ -345,21 +384,23 @@ def run_download(
     own = {"uid", "url", "text", "shard", *IMG2DATASET_COLUMNS}
     extras = [c for c in df.columns if c not in own and not c.startswith("_")]
     df = df.select("uid", "url", "text", *extras)
+    shards_dir = f"{ctx.dir}/shards"
 
-    old_stats: dict[str, Any] = {}
-    if retry_failed:
-        old_stats = run.stats(STAGE)
+    carried = None
+    if retry:
         if old_stats.get("output_format") != d.output_format:
             raise DownloadError(
                 f"--retry-failed: the stage holds {old_stats.get('output_format')} shards but output_format is "
                 f"{d.output_format}; use the same format, or --force to download everything again"
             )
-        if previous.get("fingerprint") != fingerprint:
-            log.warning("download: retrying with a different input or config than the earlier attempts used")
-        failed = spark.read.parquet(run.ledger_dir(STAGE)).where(F.col("reason") == R.DOWNLOAD_FAILED).select("uid")
+        ledger = spark.read.parquet(run.ledger_dir(STAGE_NAME))
+        failed = ledger.where(F.col("reason") == R.DOWNLOAD_FAILED).select("uid")
         todo = df.join(failed, on="uid", how="left_semi")
-        existing = _shard_files(run, f"{stage_dir}/shards")
-        start_shard = max(existing, default=-1) + 1
+        # The earlier decisions that stand are copied aside: the ledger folder is rewritten whole.
+        ledger.join(failed, on="uid", how="left_anti").write.parquet(ctx.scratch("carried"))
+        run.fs.delete(run.ledger_dir(STAGE_NAME))
+        carried = spark.read.parquet(ctx.scratch("carried"))
+        start_shard = max(_shard_files(run, shards_dir), default=-1) + 1
     else:
         todo, start_shard = df, 0
     counts = todo.agg(
@@ -371,30 +412,23 @@ def run_download(
         raise DownloadError(f"{source}: {counts['null_uids']} rows have no uid; run ingest first (it assigns uids)")
     if counts["uids"] != n_todo:
         raise DownloadError(f"{source}: {n_todo - counts['uids']} repeated uids; run ingest first (it drops duplicate uids)")
-    if retry_failed and n_todo == 0:
-        log.info("download: no download_failed uids to retry in %s", stage_dir)
-        return StageResult(STAGE, stage_dir, run.stats(STAGE), skipped=True)
 
-    tmp = f"{run.root}/_tmp/{STAGE}-{uuid.uuid4().hex[:12]}"
     policy = guard_policy(d)
     # The guard's verdicts are written once: DNS answers must not change between the fetch and the ledger.
-    with_url_refusals(todo, policy, d.threads).write.parquet(f"{tmp}/refusals")
-    refusals = spark.read.parquet(f"{tmp}/refusals")
+    with_url_refusals(todo, policy, d.threads).write.parquet(ctx.scratch("refusals"))
+    refusals = spark.read.parquet(ctx.scratch("refusals"))
     allowed = todo.join(refusals.where(F.col("_refusal").isNull()), on="uid", how="left_semi")
     n_allowed = allowed.count()
-    log.debug("download: guard verdicts for %d uids at %.1fs", n_todo, time.time() - started)
     distributor = choose_distributor(spark, d.distributor)
-    shards_dir = f"{tmp}/shards"
     t_fetch = time.time()
     if n_allowed:
-        allowed.select("uid", "url", "text").orderBy("uid").write.parquet(f"{tmp}/input")
+        allowed.select("uid", "url", "text").orderBy("uid").write.parquet(ctx.scratch("input"))
         log.info("download: fetching %d of %d urls with img2dataset (%s distributor)", n_allowed, n_todo, distributor)
-        fetch_images(f"{tmp}/input", shards_dir, f"{tmp}/work", d, with_text, start_shard, distributor, policy)
+        fetch_images(ctx.scratch("input"), shards_dir, ctx.scratch("work"), d, with_text, start_shard, distributor, policy)
     else:
         run.fs.mkdirs(shards_dir)
     fetch_seconds = time.time() - t_fetch
-    log.debug("download: img2dataset done at %.1fs (%.1fs)", time.time() - started, fetch_seconds)
-    shards, totals = _complete_shards(run, shards_dir)
+    shards, totals = _complete_shards(run, shards_dir, first=start_shard)
     if shards:
         results = read_results(spark, shards_dir, shards, d.output_format)
     else:
@@ -402,129 +436,43 @@ def run_download(
             [], "uid string, shard string, key string, status string, error_message string, width int, height int, "
             "original_width int, original_height int, sha256 string",
         )
-    decided = with_download_decisions(todo, refusals, results)
-    decided.write.parquet(f"{tmp}/all")
-    kept, ledger = split_decisions(spark.read.parquet(f"{tmp}/all"))
-    data = _shape(kept, extras)
-    if retry_failed:
-        retried = todo.select("uid")
-        old_data = spark.read.parquet(run.data_dir(STAGE))
-        old_ledger = spark.read.parquet(run.ledger_dir(STAGE)).join(retried, on="uid", how="left_anti")
-        data = old_data.unionByName(data, allowMissingColumns=True)
-        ledger = old_ledger.unionByName(ledger)
-    data.write.option("compression", "zstd").parquet(f"{tmp}/data")
-    ledger.write.option("compression", "zstd").parquet(f"{tmp}/ledger")
-    run.fs.delete(f"{tmp}/all")
-
-    log.debug("download: data and ledger written at %.1fs", time.time() - started)
-    written = spark.read.parquet(f"{tmp}/ledger")
-    by = {(r["decision"], r["reason"]): r["count"] for r in written.groupBy("decision", "reason").count().collect()}
-    kept_n = sum(n for (dec, _), n in by.items() if dec == R.KEPT)
-    dropped = dict(sorted((reason, n) for (dec, reason), n in by.items() if dec == R.DROPPED))
-    expected_in = n_todo + (old_stats.get("rows_in", 0) - n_todo if retry_failed else 0)
-    n_rows, n_uids = written.count(), written.select("uid").distinct().count()
-    data_n = spark.read.parquet(f"{tmp}/data").count()
-    if n_rows != expected_in or n_uids != n_rows or data_n != kept_n:
-        raise RuntimeError(
-            f"download: ledger has {n_rows} rows for {n_uids} uids, expected {expected_in}; "
-            f"{data_n} data rows for {kept_n} kept; not committing"
-        )
-
     attempt = {
-        "at": _now(), "kind": "retry_failed" if retry_failed else "full", "fingerprint": fingerprint,
+        "at": now(), "kind": "retry_failed" if retry else "full",
         "uids": n_todo, "refused_by_guard": n_todo - n_allowed, "first_shard": start_shard,
         "distributor": distributor, "fetch_seconds": round(fetch_seconds, 3), "img2dataset": totals,
     }
     attempts = [*old_stats.get("attempts", []), attempt]
-    summed = {k: sum(a["img2dataset"].get(k, 0) for a in attempts) for k in totals if k != "top_errors"}
-    stats = {
-        "stage": STAGE, "rows_in": n_rows, "kept": kept_n, "dropped": dropped, "dropped_total": sum(dropped.values()),
-        "input": source, "output_format": d.output_format, "image_size": d.image_size, "resize_mode": d.resize_mode,
-        "guard": {"allow_hosts": list(d.allow_hosts), "allow_private_hosts": d.allow_private_hosts},
-        "img2dataset": summed, "attempts": attempts,
-        "seconds": round(time.time() - started, 3), "finished": _now(),
-    }
-    for name in ("refusals", "input", "work"):
-        run.fs.delete(f"{tmp}/{name}")
-    _commit(run, tmp, sorted(n for names in shards.values() for n in names), stats, fingerprint, retry_failed)
     log.info(
-        "download: %d in, %d kept, %d dropped %s in %.1fs (img2dataset: %d ok, %d download failures, %d decode failures)",
-        n_rows, kept_n, stats["dropped_total"], dropped, stats["seconds"],
+        "download: img2dataset fetched %d ok, %d download failures, %d decode failures",
         totals["successes"], totals["failed_to_download"], totals["failed_to_resize"],
     )
-    return StageResult(STAGE, stage_dir, stats)
-
-
-def _commit(run, tmp: str, shard_names: list[str], stats: dict, fingerprint: str, append_shards: bool) -> None:
-    """Move the new outputs in; the marker goes last, so a crash leaves the stage visibly incomplete.
-
-    A full download replaces the whole stage folder. A retry keeps the earlier shards and moves
-    the new shard files beside them (their ids continue after the earlier ones).
-    """
-    from pipeline.runs import _now
-
-    stage_dir = run.stage_dir(STAGE)
-    run.fs.write_json(f"{tmp}/stats.json", stats)
-    run.fs.delete(f"{stage_dir}/{MARKER}")
-    run.fs.delete(run.ledger_dir(STAGE))
-    run.fs.rename(f"{tmp}/ledger", run.ledger_dir(STAGE))
-    if append_shards:
-        for name in shard_names:
-            run.fs.rename(f"{tmp}/shards/{name}", f"{stage_dir}/shards/{name}")
-        for name in ("data", "stats.json"):
-            run.fs.delete(f"{stage_dir}/{name}")
-            run.fs.rename(f"{tmp}/{name}", f"{stage_dir}/{name}")
-        run.fs.delete(tmp)
-    else:
-        run.fs.delete(stage_dir)
-        run.fs.rename(tmp, stage_dir)
-    run.fs.write_json(f"{stage_dir}/{MARKER}", {"stage": STAGE, "fingerprint": fingerprint, "at": _now()})
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `download` on the `curate` command's subparsers."""
-    from pipeline.cli import _common
-    from pipeline.config import DownloadConfig as D
-
-    p = subparsers.add_parser("download", help="fetch the images of a subset with img2dataset, behind the URL guard")
-    p.add_argument("--input", required=True, help="a run folder (its balance, match or ingest output) or a Parquet folder with uid, url[, text]")
-    p.add_argument("--output", required=True, help="the run folder")
-    p.add_argument("--retry-failed", action="store_true", help="fetch again only the uids that failed last time")
-    p.add_argument(
-        "--allow-private-hosts", action="store_true", default=None,
-        help="switch off the guard's address checks (private, loopback, link-local...); schemes are still checked",
+    return Output(
+        decided=with_download_decisions(todo, refusals, results),
+        shape=lambda kept: select_contract(kept, "download", extra=extras),
+        carried_ledger=carried,
+        append=retry,
+        stats={
+            "input": source, "output_format": d.output_format, "image_size": d.image_size, "resize_mode": d.resize_mode,
+            "guard": {"allow_hosts": list(d.allow_hosts), "allow_private_hosts": d.allow_private_hosts},
+            "img2dataset": {k: sum(a["img2dataset"].get(k, 0) for a in attempts) for k in totals if k != "top_errors"},
+            "attempts": attempts,
+        },
     )
-    p.add_argument(
-        "--allow-host", action="append", metavar="HOST", dest="allow_hosts",
-        help="allow this host name, address or network although it is not public (repeatable), e.g. 127.0.0.1",
-    )
-    p.add_argument("--image-size", type=int, help="resize target in pixels (default 256)")
-    p.add_argument("--resize-mode", choices=D.RESIZE_MODES, help="img2dataset resize mode (default keep_ratio)")
-    p.add_argument("--output-format", choices=D.OUTPUT_FORMATS, help="webdataset (default) or parquet shards")
-    p.add_argument("--processes", type=int, help="download processes (default 2)")
-    p.add_argument("--threads", type=int, help="download threads per process (default 16)")
-    p.add_argument("--timeout", type=float, help="seconds per connect/read (default 10)")
-    p.add_argument("--distributor", choices=D.DISTRIBUTORS, help="auto (default), multiprocessing or pyspark")
-    p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
-    _common(p)
-    p.set_defaults(func=cmd_download)
 
 
-def cmd_download(args: argparse.Namespace) -> int:
-    from pipeline.cli import _stage
-
-    overrides = {
-        "download.allow_private_hosts": args.allow_private_hosts,
-        "download.allow_hosts": args.allow_hosts,
-        "download.image_size": args.image_size,
-        "download.resize_mode": args.resize_mode,
-        "download.output_format": args.output_format,
-        "download.processes": args.processes,
-        "download.threads": args.threads,
-        "download.timeout": args.timeout,
-        "download.distributor": args.distributor,
-    }
-    return _stage(args, overrides, functools.partial(run_download, retry_failed=args.retry_failed), args.input)
+STAGE = Stage(
+    name="download",
+    config=DownloadConfig,
+    run=run,
+    plan=plan,
+    help="fetch the images of a subset with img2dataset, behind the URL guard",
+    inputs=(
+        Input(
+            "input", ("balance", "match", "ingest"),
+            "a run folder (its balance, match or ingest output, the first complete) or a Parquet folder with uid, url[, text]",
+        ),
+    ),
+    schemas={"data": "download"},
+    # Parallelism does not change what is written; a retry is an action on the stage's output.
+    volatile=("processes", "threads", "distributor", "retry_failed"),
+)

@@ -9,19 +9,69 @@ float32) with one ledger row per uid. torch and open_clip load only inside the s
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import time
+from dataclasses import dataclass
 from typing import Any
 
-from pipeline import reasons as R
-from pipeline.config import ConfigError, EmbedConfig, PipelineConfig
-from pipeline.errors import UserError
-from pipeline.runs import MARKER, Run, StageResult, config_hash
+from pipeline.core import reasons as R
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import UserError
+from pipeline.core.folder import RunFolder, config_hash
+from pipeline.core.protocol import Context, Input, Output, Plan, Stage, Upstream
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    # Owned by the embed stage (pipeline/stages/embed.py). An open_clip model name (tiny-clip ships
+    # with the project for tests and the demo) with a pretrained tag, a local checkpoint, or
+    # neither (random weights, with a warning).
+    model: str = "ViT-B-32"
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    batch_size: int = 256
+    # Image decode/resize processes beside the model (0 = decode in the main process).
+    workers: int = 2
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16 (autocast)
+    # Where shards are embedded: "driver" (this process, one device) or "spark" (one task per
+    # shard on the executors, the GPU from the task's resources on a GPU-scheduled cluster).
+    executor: str = "driver"
+    # Images with more pixels are refused before decoding (Pillow's own bomb limit by default).
+    max_image_pixels: int = 89_478_485
+    # Decode JPEGs at reduced size (Pillow draft) when the result still covers the model input.
+    draft: bool = True
+    # Also embed captions (text_embedding; null when a sample has none).
+    text: bool = True
+    # Folders of image files are cut into pseudo-shards of this many files (the unit of resume).
+    images_per_shard: int = 10000
+    # Precomputed embeddings (--npz/--npy): the uid Parquet, row-aligned, and the .npz key.
+    uids: str | None = None
+    npz_key: str = "l14_img"
+
+    def validate(self, where: str) -> None:
+        import re
+
+        if self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"{where}.workers: must be >= 0, got {self.workers}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ConfigError(f"{where}.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ConfigError(f"{where}.precision: {self.precision!r} is not one of auto, fp32, fp16, bf16")
+        if self.executor not in ("driver", "spark"):
+            raise ConfigError(f"{where}.executor: {self.executor!r} is not one of driver, spark")
+        if self.pretrained is not None and self.checkpoint is not None:
+            raise ConfigError(f"{where}: give either pretrained (an open_clip tag) or checkpoint (a file), not both")
+        if self.max_image_pixels < 1:
+            raise ConfigError(f"{where}.max_image_pixels: must be >= 1, got {self.max_image_pixels}")
+        if self.images_per_shard < 1:
+            raise ConfigError(f"{where}.images_per_shard: must be >= 1, got {self.images_per_shard}")
+
 
 log = logging.getLogger(__name__)
-STAGE = "embed"
+STAGE_NAME = "embed"
 PRECOMPUTED_ROWS_PER_SHARD = 100_000
 RESULT_DDL = "shard_names string, shards_written long, images_embedded long, samples_not_embedded long, seconds double, device string, shard_errors string"
 
@@ -33,34 +83,26 @@ class PrecomputedError(UserError):
 # --------------------------------------------------------------------------- input layout
 
 
-def resolve_images(run: Run, input_path: str, cfg: EmbedConfig) -> tuple[str | None, str, str, list]:
+def resolve_images(run: RunFolder, up: Upstream, cfg: EmbedConfig) -> tuple[str | None, str, str, list]:
     """(download data path or None, shards folder, layout, shards) for the embed input."""
-    from pipeline.imageshards import ImageInputError, discover_shards
+    from pipeline.kernels.imageshards import ImageInputError, discover_shards
 
-    path = input_path.rstrip("/")
-    stage = None
-    if run.fs.exists(f"{path}/download/{MARKER}"):
-        stage = f"{path}/download"
-    elif run.fs.exists(f"{path}/{MARKER}") and run.fs.exists(f"{path}/shards"):
-        stage = path
-    elif run.fs.exists(f"{path}/download"):
-        raise ImageInputError(f"embed: {path}/download is incomplete (no {MARKER}); rerun the download stage")
-    if stage is None:
-        layout, shards = discover_shards(path, cfg.images_per_shard)
-        return None, path, layout, shards
-    shards_dir = f"{stage}/shards"
+    if up.stage is None:  # an img2dataset output folder or a folder of images
+        layout, shards = discover_shards(up.path.rstrip("/"), cfg.images_per_shard)
+        return None, up.path.rstrip("/"), layout, shards
+    shards_dir = f"{up.dir}/shards"
     if not run.fs.exists(shards_dir) or not run.fs.list(shards_dir):
-        return f"{stage}/data", shards_dir, "none", []  # nothing downloaded: every uid is no_image
+        return up.path, shards_dir, "none", []  # nothing downloaded: every uid is no_image
     try:
         layout, shards = discover_shards(shards_dir, cfg.images_per_shard)
     except ImageInputError:
         layout, shards = "none", []
-    return f"{stage}/data", shards_dir, layout, shards
+    return up.path, shards_dir, layout, shards
 
 
 def shard_fingerprint(cfg: EmbedConfig, seed: int, device: str) -> str:
     """What makes a shard's embeddings: model, weights, preprocessing, precision (not batch size)."""
-    from pipeline.embed_kernel import resolve_precision
+    from pipeline.kernels.encoder import resolve_precision
 
     ckpt = None
     if cfg.checkpoint and os.path.isfile(cfg.checkpoint):
@@ -93,7 +135,7 @@ def task_device(requested: str) -> str:
     """
     from pyspark import TaskContext
 
-    from pipeline.embed_kernel import resolve_device
+    from pipeline.kernels.encoder import resolve_device
 
     ctx = TaskContext.get()
     resources = ctx.resources() if ctx is not None else {}
@@ -113,8 +155,8 @@ def embed_partition(cfg: EmbedConfig, seed: int, out_dir: str, fingerprints: dic
 
         import pandas as pd
 
-        from pipeline.embed_kernel import embed_shards, load_encoder
-        from pipeline.imageshards import Shard
+        from pipeline.kernels.encoder import embed_shards, load_encoder
+        from pipeline.kernels.imageshards import Shard
 
         shards = [Shard.from_json(x) for batch in batches for x in batch["shard"]]
         if not shards:
@@ -171,7 +213,7 @@ def write_precomputed(path: str, cfg: EmbedConfig, out_dir: str, fingerprint: st
     import numpy as np
     import pyarrow.parquet as pq
 
-    from pipeline.embed_kernel import write_shard
+    from pipeline.kernels.encoder import write_shard
 
     if not cfg.uids:
         raise PrecomputedError(f"embed: {path} needs --uids PARQUET (a uid column, one row per embedding row)")
@@ -245,9 +287,9 @@ def decided_frame(spark, shards_dir: str, download_data: str | None, detail_dir:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from pipeline.contracts import require_columns
-    from pipeline.embed_kernel import SHARD_DDL
-    from pipeline.imageshards import list_files
+    from pipeline.core.contracts import require_columns
+    from pipeline.kernels.encoder import SHARD_DDL
+    from pipeline.kernels.imageshards import list_files
 
     has_files = any(f.endswith(".parquet") for f in list_files(shards_dir))
     rows = spark.read.parquet(shards_dir) if has_files else spark.createDataFrame([], SHARD_DDL)
@@ -278,70 +320,81 @@ def decided_frame(spark, shards_dir: str, download_data: str | None, detail_dir:
     return decided, extra
 
 
-def run_embed(spark, input_path: str, run_root: str, cfg: PipelineConfig, force: bool = False) -> StageResult:
-    """Embed the images of `input_path` into `<run_root>/embed`; `.npz`/`.npy` inputs are precomputed embeddings."""
-    from pipeline.contracts import select_contract
-
-    e = cfg.embed
+def plan(ctx: Context) -> Plan:
+    """Per shard: what makes its embeddings and the identity of its input bytes (size, mtime), so
+    a re-downloaded shard is embedded again and an unchanged one is reused. Finished shards stay
+    across reruns (the unit of resume) unless forced or the input is a precomputed file."""
+    e: EmbedConfig = ctx.cfg
+    up = ctx.input()
     if e.checkpoint is not None and not os.path.isfile(e.checkpoint):
-        from pipeline.embed_kernel import EmbedError
+        from pipeline.kernels.encoder import EmbedError
 
         raise EmbedError(f"embed: checkpoint not found: {e.checkpoint}")
-    run = Run(spark, run_root)
-    out_dir = f"{run.stage_dir(STAGE)}/shards"
-    precomputed = input_path.endswith((".npz", ".npy"))
-    _restore_parked(run, out_dir)
-    if precomputed:
-        download_data, layout, shards, device = None, "npz" if input_path.endswith(".npz") else "npy", [], "none"
-        st = os.stat(input_path) if os.path.isfile(input_path) else None
-        shard_fp = config_hash({"precomputed": os.path.abspath(input_path), "uids": e.uids, "key": e.npz_key, "stat": [st.st_size, st.st_mtime_ns] if st else None})
-        fingerprint = config_hash({"input": shard_fp})
+    out_dir = f"{ctx.dir}/shards"
+    if up.given.endswith((".npz", ".npy")):
+        if not e.uids:
+            raise ConfigError("embed: a precomputed .npz/.npy input needs embed.uids (--uids PARQUET)")
+        st = os.stat(up.given) if os.path.isfile(up.given) else None
+        shard_fp = config_hash({"precomputed": os.path.abspath(up.given), "uids": e.uids, "key": e.npz_key, "stat": [st.st_size, st.st_mtime_ns] if st else None})
+        ctx.state.update(precomputed=True, shard_fp=shard_fp, download_data=None, layout="npz" if up.given.endswith(".npz") else "npy", shards=[])
+        return Plan(fingerprint={"precomputed": shard_fp})
+    from pipeline.kernels.encoder import resolve_device
+    from pipeline.kernels.imageshards import source_identity
+
+    download_data, shards_dir, layout, shards = resolve_images(ctx.run, up, e)
+    device = resolve_device(e.device)
+    model_fp = shard_fingerprint(e, ctx.seed, device)
+    shard_fps = {s.name: config_hash([model_fp, source_identity(s)]) for s in shards}
+    ctx.state.update(
+        precomputed=False, download_data=download_data, shards_dir=shards_dir, layout=layout, shards=shards,
+        device=device, shard_fps=shard_fps,
+    )
+    written = set(ctx.run.fs.list(out_dir))
+    return Plan(
+        fingerprint={"shards": shard_fps},
+        redo=not all(f"{s.name}.parquet" in written for s in shards),
+        keep=() if ctx.force else ("shards",),
+    )
+
+
+def run(ctx: Context) -> Output:
+    """Embed the input's images (or take precomputed embeddings) into shards, then decide every uid."""
+    from pipeline.core.contracts import select_contract
+
+    e: EmbedConfig = ctx.cfg
+    st = ctx.state
+    out_dir = f"{ctx.dir}/shards"
+    shards = st["shards"]
+    stats: dict[str, Any] = {"input": ctx.input().given, "layout": st["layout"], "shards": len(shards), "dtype": "float32"}
+    if st["precomputed"]:
+        stats.update(write_precomputed(ctx.input().given, e, out_dir, st["shard_fp"]))
+        stats.update({"model": None, "device": None, "precision": None})
+        detail_dir = ctx.input().given
     else:
-        from pipeline.embed_kernel import resolve_device
-
-        download_data, shards_dir, layout, shards = resolve_images(run, input_path, e)
-        device = resolve_device(e.device)
-        from pipeline.imageshards import source_identity
-
-        # Per shard: what makes its embeddings and the identity of its input bytes (size, mtime),
-        # so a re-downloaded shard is embedded again and an unchanged one is reused.
-        model_fp = shard_fingerprint(e, cfg.seed, device)
-        shard_fps = {s.name: config_hash([model_fp, source_identity(s)]) for s in shards}
-        # The download stage's marker changes whenever it recommits (e.g. --retry-failed).
-        listed = run.fs.read_json(f"{download_data[: -len('/data')]}/{MARKER}") if download_data else None
-        fingerprint = config_hash(
-            {"input": run.fs.qualify(shards_dir), "shards": shard_fps, "download": download_data, "download_marker": listed}
+        from pipeline.kernels.encoder import (
+            embed_shards,
+            load_encoder,
+            resolve_precision,
+            shard_done,
         )
-    written = set(run.fs.list(out_dir))
-    if not force and run.is_complete(STAGE, fingerprint) and all(f"{s.name}.parquet" in written for s in shards):
-        log.info("embed: complete with the same input, model and shards; skipping")
-        return StageResult(STAGE, run.stage_dir(STAGE), run.stats(STAGE), skipped=True)
-    if force or precomputed:
-        run.fs.delete(out_dir)
-    started = time.time()
-    extra: dict[str, Any] = {"input": input_path, "layout": layout, "shards": len(shards), "dtype": "float32"}
-    if precomputed:
-        extra.update(write_precomputed(input_path, e, out_dir, shard_fp))
-        extra.update({"model": None, "device": None, "precision": None})
-        detail_dir = input_path
-    else:
-        from pipeline.embed_kernel import embed_shards, load_encoder, shard_done
 
+        device, shard_fps = st["device"], st["shard_fps"]
         pending = [s for s in shards if not shard_done(out_dir, s, shard_fps[s.name])]
-        log.info("embed: %d shards, %d to embed, %d already done (%s)", len(shards), len(pending), len(shards) - len(pending), layout)
+        log.info("embed: %d shards, %d to embed, %d already done (%s)", len(shards), len(pending), len(shards) - len(pending), st["layout"])
         summary: dict[str, Any] = {"shards_written": 0, "images_embedded": 0, "images_per_s": None, "shard_errors": {}}
         encoder = None
         if pending and e.executor == "spark":
-            summary = embed_on_spark(spark, pending, out_dir, e, cfg.seed, shard_fps)
+            summary = embed_on_spark(ctx.spark, pending, out_dir, e, ctx.seed, shard_fps)
         elif pending:
-            encoder = load_encoder(e, device, cfg.seed)
+            encoder = load_encoder(e, device, ctx.seed)
             summary = embed_shards(pending, out_dir, encoder, e, shard_fps)
-        extra.update(
+        precision = encoder.precision if encoder else resolve_precision(e.precision, device) if e.executor == "driver" else None
+        stats.update(
             {
                 "model": e.model, "pretrained": e.pretrained, "checkpoint": e.checkpoint,
                 "weights": "pretrained" if e.pretrained else "checkpoint" if e.checkpoint else "random",
                 "device": device if e.executor == "driver" else summary.get("devices"),
-                "precision": encoder.precision if encoder else None,
+                "precision": precision,
                 "executor": e.executor, "batch_size": e.batch_size, "workers": e.workers,
                 "dim": encoder.dim if encoder else _dim_from_shards(out_dir, shards),
                 "shards_reused": len(shards) - len(pending),
@@ -349,34 +402,12 @@ def run_embed(spark, input_path: str, run_root: str, cfg: PipelineConfig, force:
                 "embed_seconds": summary.get("seconds"),
             }
         )
-        detail_dir = shards_dir
-        if extra["precision"] is None and e.executor == "driver":
-            from pipeline.embed_kernel import resolve_precision
-
-            extra["precision"] = resolve_precision(e.precision, device)
-    parked = f"{run.root}/_tmp/embed-shards-{int(time.time() * 1000)}"
-    if run.fs.exists(out_dir):
-        run.fs.rename(out_dir, parked)
-    else:
-        run.fs.mkdirs(parked)
-    try:
-        decided, more = decided_frame(spark, parked, download_data, detail_dir)
-        extra.update(more)
-        result = run.commit(
-            STAGE, decided, fingerprint, shape=lambda kept: select_contract(kept, "embed"), extra_stats=extra, started=started
-        )
-    finally:
-        if run.fs.exists(parked):
-            run.fs.rename(parked, out_dir)
-    return result
-
-
-def _restore_parked(run: Run, out_dir: str) -> None:
-    """A crash during commit leaves the shards parked in `_tmp/`: move the newest back."""
-    parked = sorted(n for n in run.fs.list(f"{run.root}/_tmp") if n.startswith("embed-shards-"))
-    if parked and not run.fs.exists(out_dir):
-        run.fs.rename(f"{run.root}/_tmp/{parked[-1]}", out_dir)
-        log.info("embed: recovered finished shards from %s", parked[-1])
+        detail_dir = st["shards_dir"]
+    if not ctx.run.fs.exists(out_dir):
+        ctx.run.fs.mkdirs(out_dir)
+    decided, more = decided_frame(ctx.spark, out_dir, st["download_data"], detail_dir)
+    stats.update(more)
+    return Output(decided=decided, shape=lambda kept: select_contract(kept, "embed"), stats=stats)
 
 
 def _dim_from_shards(out_dir: str, shards: list) -> int | None:
@@ -384,8 +415,8 @@ def _dim_from_shards(out_dir: str, shards: list) -> int | None:
 
     import pyarrow.parquet as pq
 
-    from pipeline.embed_kernel import META_KEY, output_path
-    from pipeline.imageshards import _fs
+    from pipeline.kernels.encoder import META_KEY, output_path
+    from pipeline.kernels.imageshards import _fs
 
     for s in shards:
         fs, path = _fs(output_path(out_dir, s))
@@ -397,51 +428,21 @@ def _dim_from_shards(out_dir: str, shards: list) -> int | None:
     return None
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `embed` on the `curate` command's subparsers."""
-    from pipeline.cli import _common
-
-    p = subparsers.add_parser("embed", help="open_clip image and text embeddings of downloaded images (or precomputed ones)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", metavar="DIR", help="a run folder (its download stage), an img2dataset output folder or a folder of images")
-    source.add_argument("--npz", metavar="FILE", help="precomputed DataComp .npz embeddings (with --uids)")
-    source.add_argument("--npy", metavar="FILE", help="precomputed (rows, dim) .npy embeddings (with --uids)")
-    p.add_argument("--uids", metavar="PARQUET", help="uid Parquet, row-aligned with --npz/--npy")
-    p.add_argument("--npz-key", help="the .npz array to use (DataComp: l14_img (default) or b32_img)")
-    p.add_argument("--output", required=True, help="the run folder")
-    p.add_argument("--model", help="open_clip model name (default ViT-B-32; tiny-clip for tests)")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (downloads from the hub where reachable)")
-    weights.add_argument("--checkpoint", metavar="PATH", help="a local checkpoint file (loaded with weights_only=True)")
-    p.add_argument("--batch-size", type=int, help="images per model batch (default 256)")
-    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), help="autocast precision (auto: fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--workers", type=int, help="image decode processes (default 2; 0 = in the main process)")
-    p.add_argument("--executor", choices=("driver", "spark"), help="embed on the driver (default) or one Spark task per shard")
-    p.add_argument("--force", action="store_true", help="redo every shard and the stage")
-    _common(p)
-    p.set_defaults(func=cmd_embed)
-
-
-def cmd_embed(args: argparse.Namespace) -> int:
-    """`curate embed`: the same function as `run_embed`."""
-    from pipeline.cli import _stage
-
-    if (args.npz or args.npy) and not args.uids:
-        raise ConfigError("embed: --npz/--npy need --uids PARQUET")
-    overrides = {
-        "embed.model": args.model,
-        "embed.pretrained": args.pretrained,
-        "embed.checkpoint": args.checkpoint,
-        "embed.batch_size": args.batch_size,
-        "embed.device": args.device,
-        "embed.precision": args.precision,
-        "embed.workers": args.workers,
-        "embed.executor": args.executor,
-        "embed.uids": args.uids,
-        "embed.npz_key": args.npz_key,
-    }
-    return _stage(args, overrides, run_embed, args.input or args.npz or args.npy)
+STAGE = Stage(
+    name="embed",
+    config=EmbedConfig,
+    run=run,
+    plan=plan,
+    help="open_clip image and text embeddings of downloaded images (or precomputed ones)",
+    inputs=(
+        Input(
+            "input", ("download",),
+            "a run folder (its download stage), an img2dataset output folder, a folder of images, "
+            "or precomputed embeddings: a DataComp .npz or a (rows, dim) .npy (with --uids)",
+            aliases=("--npz", "--npy"),
+        ),
+    ),
+    schemas={"data": "embed"},
+    seeded=True,
+    volatile=("batch_size", "workers", "executor"),
+)

@@ -17,8 +17,8 @@ from img2dataset.downloader import Downloader
 from img2dataset.resizer import Resizer
 from PIL import Image
 
-from pipeline.imageio import exif_orientation, turn_upright
-from pipeline.urlguard import GuardPolicy, build_opener
+from pipeline.kernels.imageio import exif_orientation, turn_upright
+from pipeline.kernels.urlguard import GuardPolicy, build_opener
 
 
 class GuardedDownloader(Downloader):
