@@ -64,11 +64,12 @@ def main() -> None:
 
     from procmem import PeakMemory
 
+    from pipeline.api import run_cluster, run_prune
     from pipeline.core.config import SparkConfig
     from pipeline.core.spark import get_spark
     from pipeline.registry import PipelineConfig
-    from pipeline.stages.cluster import ClusterConfig, run_cluster
-    from pipeline.stages.prune import PruneConfig, run_prune
+    from pipeline.stages.cluster import ClusterConfig
+    from pipeline.stages.prune import PruneConfig
 
     work = args.dir or tempfile.mkdtemp(prefix="bench-cluster-prune-")
     pool = os.path.join(work, "pool")

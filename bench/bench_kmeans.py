@@ -50,7 +50,7 @@ def main() -> None:
 
     from pipeline.core.config import SparkConfig
     from pipeline.core.spark import get_spark
-    from pipeline.stages.cluster import sum_squared_distances, train_kmeans
+    from pipeline.kernels.kmeans import sum_squared_distances, train_kmeans
 
     x = gaussian_mixture(args.n, args.dim, args.components or args.k, args.seed)
     print(f"data: {args.n} x {args.dim} float32 Gaussian mixture ({args.components or args.k} components, seed {args.seed}); "

@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/bench_match_kernel.py [--captions N] [--entries N] [
 
 What it measures, in one process and one run, on the same captions and the same metadata:
 
-  (a) kernel       pipeline.stages.match.Matcher.match_batch, one call per batch of --batch captions
+  (a) kernel       pipeline.kernels.matcher.Matcher.match_batch, one call per batch of --batch captions
                    (default 10,000), for each backend (ahocorasick_rs, pyahocorasick): CSR
                    arrays of entry ids per caption, MetaCLIP's semantics.
   (b) raw loop     the plainest fast baseline: one pyahocorasick automaton over the same
@@ -45,7 +45,7 @@ DATA = REPO.parent / "shared" / "anchors" / "data"
 sys.path.insert(0, str(REPO))
 
 from pipeline.concepts.metadata import corpus_ngrams, numbers, wordnet_lemmas  # noqa: E402
-from pipeline.stages.match import BACKENDS, WRAPPED, Matcher, reference_match, spaced  # noqa: E402
+from pipeline.kernels.matcher import BACKENDS, WRAPPED, Matcher, reference_match, spaced  # noqa: E402
 
 SOURCES = {
     "laion": "img2dataset/tests/test_files/test_10000.parquet",

@@ -33,7 +33,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from bench_match_kernel import DATA, build_metadata, load_captions  # noqa: E402
 
-from pipeline.stages.match import Matcher, with_entry_ids  # noqa: E402
+from pipeline.kernels.matcher import Matcher  # noqa: E402
+from pipeline.stages.match import with_entry_ids  # noqa: E402
 
 
 def write_pool(captions: list[str], n: int, folder: str, files: int) -> None:

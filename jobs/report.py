@@ -1,4 +1,4 @@
-"""spark-submit entry point for the report stage: `spark-submit jobs/report.py --run RUN_DIR ...`."""
+"""spark-submit entry point for the report stage: `spark-submit jobs/report.py --output RUN_DIR ...`."""
 
 import sys
 

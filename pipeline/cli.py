@@ -98,7 +98,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     inputs = {k[3:]: v for k, v in vars(args).items() if k.startswith("in:")}
     for slot in spec.inputs:  # before Spark starts: a run folder inside what the stage reads
         if inputs.get(slot.flag):
-            check_outside(args.output, inputs[slot.flag], pool=not slot.sources, input_name=f"--{slot.flag}")
+            check_outside(args.output, inputs[slot.flag], pool=not slot.sources)
     cfg = _config(args, overrides_of(args, spec.name))
     spark = _spark(cfg)
     result = execute(spec, RunFolder(spark, args.output), cfg, inputs, force=args.force, command=[spec.name, *sys.argv[1:]])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli import build_parser
 from pipeline.registry import STAGES, TEXT_STAGES
 from tests.pipeline_runs import ROOT, complete_stages, write_text_setup
 
@@ -104,6 +105,9 @@ print(json.dumps({
         assert got["applications"][stage] == "{{ params.jobs_dir }}/" + f"{stage}.py"
         assert isinstance(got["args"][stage], list) and "{{ params.run_dir }}" in got["args"][stage]
         assert (ROOT / "jobs" / f"{stage}.py").is_file(), f"jobs/{stage}.py missing"
+        # Each job's arguments are ones its `curate <stage>` parser takes.
+        filled = [a.replace("{{ params.", "P_").replace(" }}", "") for a in got["args"][stage]]
+        build_parser().parse_args([stage, *filled])
     assert got["retries"] == [2]
     assert got["conn_ids"] == ["{{ params.conn_id }}"]
     assert got["trigger_rules"] == ["none_failed"]
@@ -136,10 +140,10 @@ print(json.dumps({{"state": value(run.state), "tasks": {{ti.task_id: value(ti.st
     assert got["state"] == "success", got
     skipped = set(STAGES) - set(TEXT_STAGES)
     assert got["tasks"] == {s: "skipped" if s in skipped else "success" for s in STAGES}
-    assert complete_stages(run_dir) == ["balance", "count", "ingest", "match"]
+    assert complete_stages(run_dir) == ["balance", "count", "ingest", "match", "reports"]
     assert (run_dir / "reports" / "report.html").is_file()
     accounting = check_accounting(spark, str(run_dir), ["ingest", "match", "balance"])
     assert accounting["inputs"] == 120
     record = json.loads((run_dir / "run.json").read_text())
     assert record["spark_master"] == "local[2]"
-    assert [c["command"][0] for c in record["invocations"]] == ["ingest", "match", "count", "balance"]
+    assert [c["command"][0] for c in record["invocations"]] == ["ingest", "match", "count", "balance", "report"]

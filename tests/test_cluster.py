@@ -7,15 +7,9 @@ import pytest
 
 from pipeline.core.folder import RunFolder as Run
 from pipeline.core.folder import sql_conf
+from pipeline.kernels.kmeans import ClusterError, assign, train_kmeans
 from pipeline.registry import PipelineConfig
-from pipeline.stages.cluster import (
-    ClusterConfig,
-    ClusterError,
-    assign,
-    load_centroids,
-    sample_embeddings,
-    train_kmeans,
-)
+from pipeline.stages.cluster import ClusterConfig, load_centroids, sample_embeddings
 from tests.embedgen import mixture, write_embeddings
 from tests.test_schemas import assert_matches_contract
 
@@ -158,7 +152,7 @@ def test_sample_is_the_smallest_hashes_and_partition_invariant(spark, tmp_path):
 
 @pytest.fixture(scope="module")
 def clustered(spark, tmp_path_factory):
-    from pipeline.stages.cluster import run_cluster
+    from pipeline.api import run_cluster
 
     tmp = tmp_path_factory.mktemp("cluster")
     x = mixture(500, DIM, centers=5, seed=3)
@@ -228,7 +222,7 @@ def test_bad_embeddings_are_ledger_rows_with_their_reason(spark, clustered):
 
 
 def test_cluster_is_partition_invariant_and_skips_when_complete(spark, clustered, tmp_path):
-    from pipeline.stages.cluster import run_cluster
+    from pipeline.api import run_cluster
 
     again = run_cluster(spark, clustered["input"], clustered["run"], clustered["cfg"])
     assert again.skipped

@@ -129,7 +129,7 @@ def test_text_path_on_a_standalone_cluster_equals_local_mode(standalone, text_pa
     assert list((standalone["work"]).glob("app-*/*/stderr")), "no executor ran on the worker"
 
     # Equal to the same config's local-mode run.
-    assert complete_stages(cluster_run) == ["balance", "count", "ingest", "match"]
+    assert complete_stages(cluster_run) == ["balance", "count", "ingest", "match", "reports"]
     got, want = snapshot(cluster_run), text_path_run["snapshot"]
     assert set(want) == {"kept", "matched", "ledger", "counts", "concepts", "stats"} and want["kept"]
     for key in want:

@@ -290,21 +290,31 @@ def test_opener_checks_redirects_and_connections_before_any_request(tmp_path):
 
 
 def test_input_is_the_most_curated_complete_text_stage(spark, tmp_path):
-    from pipeline.core.folder import RunFolder as Run
-    from pipeline.stages.download import resolve_source
+    from pipeline.core.folder import RunFolder
+    from pipeline.core.protocol import InputError, resolve
+    from pipeline.stages.download import STAGE
 
-    run = Run(spark, str(tmp_path))
-    for stage in ("ingest", "match", "balance"):
+    run, slot = RunFolder(spark, str(tmp_path)), STAGE.inputs[0]
+
+    def source(path) -> str:
+        return resolve(run, slot, str(path)).path
+
+    for stage in ("ingest", "match", "balance", "embed"):
         (tmp_path / stage / "data").mkdir(parents=True)
-    (tmp_path / "ingest" / "_COMPLETE").write_text("{}")
-    assert resolve_source(run, str(tmp_path)) == f"{tmp_path}/ingest/data"
-    (tmp_path / "match" / "_COMPLETE").write_text("{}")
-    assert resolve_source(run, str(tmp_path)) == f"{tmp_path}/match/data"
-    (tmp_path / "balance" / "_COMPLETE").write_text("{}")
-    assert resolve_source(run, str(tmp_path)) == f"{tmp_path}/balance/data"
-    assert resolve_source(run, str(tmp_path / "match")) == f"{tmp_path}/match/data"
-    with pytest.raises(FileNotFoundError):
-        resolve_source(run, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no complete stage among balance, match, ingest"):
+        source(tmp_path)  # started, none finished
+    (tmp_path / "ingest" / "_COMPLETE").write_text('{"stage": "ingest"}')
+    assert source(tmp_path) == f"{tmp_path}/ingest/data"  # the first complete one, nearest first
+    (tmp_path / "match" / "_COMPLETE").write_text('{"stage": "match"}')
+    assert source(tmp_path) == f"{tmp_path}/match/data"
+    (tmp_path / "balance" / "_COMPLETE").write_text('{"stage": "balance"}')
+    assert source(tmp_path) == f"{tmp_path}/balance/data"
+    assert source(tmp_path / "match") == f"{tmp_path}/match/data"
+    (tmp_path / "embed" / "_COMPLETE").write_text('{"stage": "embed"}')
+    with pytest.raises(InputError, match="the output of the embed stage, not of balance or match or ingest"):
+        source(tmp_path / "embed")
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        source(tmp_path / "nowhere")
 
 
 def test_a_uid_img2dataset_never_reports_is_a_failure_not_a_loss(spark):
@@ -352,7 +362,7 @@ def test_unfinished_shards_are_removed(spark, tmp_path):
 
 @pytest.fixture(scope="module")
 def first_run(spark, server, tmp_path_factory):
-    from pipeline.stages.download import run_download
+    from pipeline.api import run_download
 
     tmp = tmp_path_factory.mktemp("download")
     urls, expected = pool_rows(server)
@@ -413,7 +423,7 @@ def test_contract_of_the_output(spark, first_run):
 
 
 def test_rerun_of_a_complete_stage_is_skipped(spark, server, first_run):
-    from pipeline.stages.download import run_download
+    from pipeline.api import run_download
 
     before = dict(server.requests)
     result = run_download(spark, first_run["pool"], first_run["run"], config())
@@ -460,7 +470,7 @@ def test_retry_failed_through_the_cli_fetches_only_what_failed(spark, server, fi
 
 @pytest.mark.slow
 def test_pyspark_distributor_and_parquet_shards(spark, server, tmp_path):
-    from pipeline.stages.download import run_download
+    from pipeline.api import run_download
 
     urls = {f"ok{i}": server.url(f"ok_{i}.jpg") for i in range(3)} | {"missing": server.url("nope.jpg")}
     pool = write_pool(tmp_path / "pool.parquet", urls)

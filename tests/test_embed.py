@@ -239,7 +239,7 @@ def parquet_folder(tmp_path_factory):
 
 
 def test_parquet_shards_and_resume(spark, parquet_folder, tmp_path):
-    from pipeline.stages.embed import run_embed
+    from pipeline.api import run_embed
 
     run = str(tmp_path / "run")
     first = run_embed(spark, parquet_folder["folder"], run, cfg_for())
@@ -278,7 +278,7 @@ def test_parquet_shards_and_resume(spark, parquet_folder, tmp_path):
 @pytest.mark.slow
 def test_spark_executor_path_matches_driver(spark, parquet_folder, tmp_path):
     """One Spark task per shard (CPU here: no GPU resources in local mode) gives the driver's result."""
-    from pipeline.stages.embed import run_embed
+    from pipeline.api import run_embed
 
     runs = {}
     for executor in ("driver", "spark"):
@@ -299,7 +299,7 @@ def test_spark_executor_path_matches_driver(spark, parquet_folder, tmp_path):
 
 
 def test_image_folder_random_weights(spark, tmp_path, caplog):
-    from pipeline.stages.embed import run_embed
+    from pipeline.api import run_embed
 
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)

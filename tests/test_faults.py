@@ -118,20 +118,19 @@ def test_driver_killed_mid_stage_leaves_nothing_complete_and_the_rerun_equals_an
     run_dir = setup["tmp"] / "killed-driver"
     proc = start_run(setup, run_dir, setup["tmp"] / "driver.log", "local[2]")
     try:
-        partial = wait_until("match's temporary folder", lambda: list(run_dir.glob("_tmp/match-*")), proc)
+        partial = wait_until("match writing its output", lambda: list(run_dir.glob("match/data")), proc)
         os.kill(proc.pid, signal.SIGKILL)  # the Python driver; its JVM exits when its stdin closes
         proc.wait(timeout=60)
     finally:
         end_group(proc)
     assert proc.returncode == -signal.SIGKILL
 
-    # Killed in the middle of match: match is not complete, nothing downstream exists, the
-    # half-written folder is only under _tmp.
+    # Killed in the middle of match: its output is half-written in its final place, and not
+    # complete (no marker); nothing downstream exists.
     assert complete_stages(run_dir) == ["ingest"]
     assert not (run_dir / "match" / "_COMPLETE").exists()
-    assert not (run_dir / "match" / "data").exists()
-    assert not (run_dir / "decisions" / "stage=match").exists()
     assert partial[0].is_dir()
+    assert not (run_dir / "match" / "stats.json").exists()
 
     rerun = start_run(setup, run_dir, setup["tmp"] / "rerun.log", "local[2]")
     try:
@@ -152,7 +151,7 @@ def test_python_worker_killed_mid_task_is_retried_and_the_output_equals_an_unint
     # local[2,4]: two cores, and a task may fail up to 4 times (local mode's default is 1).
     proc = start_run(setup, run_dir, log, "local[2,4]")
     try:
-        wait_until("match's temporary folder", lambda: list(run_dir.glob("_tmp/match-*")), proc)
+        wait_until("match writing its output", lambda: list(run_dir.glob("match/data")), proc)
         victim = wait_until("a Python worker", lambda: python_workers(proc.pid), proc)[0]
         os.kill(victim, signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)

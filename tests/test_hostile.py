@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pytest
 
 from tests.pipeline_runs import ROOT, child_env
 
@@ -113,7 +114,48 @@ prune:
     return config
 
 
-def test_hostile_pool_through_every_stage(spark, tmp_path, capfd):
+@pytest.fixture
+def no_folder_renames(monkeypatch):
+    """Folder renames fail in the project's filesystem layer (and in os/shutil), as they would be
+    refused by a store where a rename copies every object: a stage must write in place."""
+    import os
+    import shutil
+
+    from pipeline.core.fs import RunFS
+
+    refused: list[str] = []
+
+    class NoFolderRenames:
+        def __init__(self, fs):
+            self._fs = fs
+
+        def rename(self, src, dst):
+            if self._fs.isDirectory(src):
+                refused.append(str(src.toString()))
+                raise OSError(f"folder rename refused: {src.toString()}")
+            return self._fs.rename(src, dst)
+
+        def __getattr__(self, name):
+            return getattr(self._fs, name)
+
+    real_fs = RunFS._fs
+    monkeypatch.setattr(RunFS, "_fs", lambda self, path: NoFolderRenames(real_fs(self, path)))
+
+    def guard(real):
+        def call(src, dst, *args, **kwargs):
+            if os.path.isdir(src):
+                refused.append(str(src))
+                raise OSError(f"folder rename refused: {src}")
+            return real(src, dst, *args, **kwargs)
+        return call
+
+    for owner, name in ((os, "rename"), (os, "replace"), (shutil, "move")):
+        monkeypatch.setattr(owner, name, guard(getattr(owner, name)))
+    return refused
+
+
+def test_hostile_pool_through_every_stage(spark, tmp_path, capfd, no_folder_renames):
+    """Every stage, with folder renames made to fail: outputs are written where they stay."""
     from pipeline.cli import main
     from pipeline.core.ledger import check_accounting
     from pipeline.localserve import serve_folder
@@ -129,8 +171,9 @@ def test_hostile_pool_through_every_stage(spark, tmp_path, capfd):
         requested = dict(server.requests)
     err = capfd.readouterr().err
     assert rc == 0 and "Traceback" not in err, err[-3000:]
+    assert no_folder_renames == []
     run = tmp_path / "run"
-    assert sorted(p.parent.name for p in run.glob("*/_COMPLETE")) == sorted(s for s in stages if s != "report")
+    assert sorted(p.parent.name for p in run.glob("*/_COMPLETE")) == sorted(s if s != "report" else "reports" for s in stages)
     assert (run / "reports" / "report.html").exists()
 
     # The invariant, over the stages the final rows came through; every line of the pool is an input.

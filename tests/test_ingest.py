@@ -14,9 +14,9 @@ import pytest
 from pipeline.api import run_ingest
 from pipeline.core import reasons as R
 from pipeline.core.ledger import split_decisions
+from pipeline.kernels.matcher import Matcher
 from pipeline.registry import PipelineConfig
 from pipeline.stages.ingest import IngestConfig, with_ingest_decisions
-from pipeline.stages.match import Matcher
 from pipeline.stages.sources import InputError, read_pool
 
 # A valid caption may hold U+FFFD (LAION mojibake: "Oklahoman\ufffds"); it is a caption. Only

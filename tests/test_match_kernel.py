@@ -16,8 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
-from pipeline.stages import match as match_module
-from pipeline.stages.match import BACKENDS, Matcher, get_matcher, reference_match, spaced
+from pipeline.kernels import matcher as match_module
+from pipeline.kernels.matcher import BACKENDS, Matcher, get_matcher, reference_match, spaced
 from tests.conftest import anchor
 from tests.references import MARK_NAMES, METACLIP_WRAPPED_MARKS, metaclip_match, metaclip_spaced
 
@@ -74,7 +74,7 @@ def matches(texts: Sequence[str | None], entries: Sequence[str], mode: str = "me
     each backend, CSR checked."""
     out = {
         "tests.references": [reference(t, entries, mode) for t in texts],
-        "pipeline.stages.match.reference_match": [reference_match(t, entries, mode) for t in texts],
+        "pipeline.kernels.matcher.reference_match": [reference_match(t, entries, mode) for t in texts],
     }
     for backend in BACKENDS:
         offsets, values = Matcher(entries, mode, backend).match_batch(texts)

@@ -11,10 +11,10 @@ import os
 import pytest
 
 from pipeline.concepts import metadata
+from pipeline.concepts.cli import add_cli
 from pipeline.concepts.metadata import (
     Concepts,
     MetadataError,
-    add_cli,
     build_metadata,
     corpus_ngrams,
     load_concepts,
@@ -23,7 +23,7 @@ from pipeline.concepts.metadata import (
     wordnet_lemmas,
     write_metadata,
 )
-from pipeline.stages.match import Matcher
+from pipeline.kernels.matcher import Matcher
 from tests.references import MARK_NAMES, METACLIP_WRAPPED_MARKS
 
 WORDNET_DIR = "/usr/share/wordnet"

@@ -21,7 +21,7 @@ def small_run(spark, tmp_path_factory):
     columns = {"url": [f"http://a/{i}" for i in range(len(texts))], "text": texts}
     concepts = {"pet": ["dog", "cat"], "plant": ["tree"], "none": ["zebra"]}
     run = build_text_run(spark, tmp, columns, words + ["zebra"], concepts, t=60)
-    from pipeline.stages.report import run_report
+    from pipeline.api import run_report
 
     run_report(spark, run, concepts_file=str(tmp / "c.json"))
     return run

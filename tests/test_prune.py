@@ -289,8 +289,7 @@ CFG = PipelineConfig(
 
 
 def cluster_and_prune(spark, emb: str, run_root: str, cfg=CFG):
-    from pipeline.stages.cluster import run_cluster
-    from pipeline.stages.prune import run_prune
+    from pipeline.api import run_cluster, run_prune
 
     run_cluster(spark, emb, run_root, cfg)
     return run_prune(spark, emb, None, run_root, cfg)
@@ -422,7 +421,8 @@ def test_prune_output_is_partition_invariant(spark, pruned, tmp_path):
 def test_rethreshold_a_stored_similarity_table_without_embeddings(spark, pruned, tmp_path):
     from pyspark.sql import functions as F
 
-    from pipeline.stages.prune import rethreshold, run_prune
+    from pipeline.api import run_prune
+    from pipeline.stages.prune import rethreshold
 
     ref = reference_prune(spark, pruned)
     # two stored maxima moved onto the boundary of eps = 0.25: exactly 1 - eps (0.75, exact in
@@ -452,7 +452,7 @@ def test_rethreshold_a_stored_similarity_table_without_embeddings(spark, pruned,
 
 
 def test_invalid_or_missing_embeddings_in_the_prune_input_are_ledger_rows(spark, pruned, tmp_path):
-    from pipeline.stages.prune import run_prune
+    from pipeline.api import run_prune
 
     x = pruned["x"].copy()
     uids = list(pruned["uids"])

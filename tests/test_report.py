@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -17,15 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.api import run_report
+from pipeline.cli import main
 from pipeline.stages.report import (
     ReportError,
     accuracy_fit,
-    add_cli,
     frequency_table,
     gini,
     long_tail_stats,
     normalised_entropy,
-    run_report,
     zipf_exponent,
 )
 from tests.conftest import anchor
@@ -160,8 +159,16 @@ def small_run(spark, tmp_path_factory):
     run_match(spark, str(pool), run, cfg)
     run_count(spark, run, run, cfg)
     run_balance(spark, run, None, run, cfg)
-    result = run_report(spark, run, concepts_file=str(root / "concepts.json"), accuracy_file=str(root / "accuracy.json"))
+    result = report(spark, run, concepts=str(root / "concepts.json"), accuracy=str(root / "accuracy.json"))
     return root, run, result
+
+
+def report(spark, run: str, **files):
+    """The report stage through the protocol, with the report config's concept and accuracy files."""
+    from pipeline.registry import PipelineConfig
+    from pipeline.stages.report import ReportConfig
+
+    return run_report(spark, run, PipelineConfig(seed=1, report=ReportConfig(**files))).stats
 
 
 def test_report_writes_every_file(small_run):
@@ -171,10 +178,12 @@ def test_report_writes_every_file(small_run):
         "concept_frequency.parquet", "long_tail.json", "rank_frequency.png", "tail_histogram.png",
         "downstream_coverage.parquet", "accuracy_fit.json", "accuracy_vs_frequency.png", "report.html", "datacard.md",
     }
-    assert {p.name for p in reports.iterdir() if not p.name.startswith(".")} == expected  # .crc: Hadoop checksums
+    # .crc: Hadoop checksums; the report is a stage like the others: stats.json, then its marker
+    assert {p.name for p in reports.iterdir() if not p.name.startswith(".")} == expected | {"stats.json", "_COMPLETE"}
     assert all((reports / name).stat().st_size > 0 for name in expected)
     assert result["html"].endswith("reports/report.html") and result["steps"] == ["matched", "balanced"]
-    assert not list((root / "run" / "_tmp").glob("reports-*"))  # the temporary folder was renamed away
+    assert json.loads((reports / "stats.json").read_text())["html"] == result["html"]
+    assert not (root / "run" / "_scratch").exists() and not (root / "run" / "_tmp").exists()
 
 
 def test_concept_frequency_follows_each_entry_through_balancing(small_run):
@@ -231,11 +240,9 @@ def test_html_is_self_contained_with_tables_and_embedded_pngs(small_run):
 
 def test_report_without_a_concepts_file_uses_the_count_stage_and_cli_hook(small_run, spark, capsys):
     root, run, _ = small_run
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", "--run", run, "--accuracy", str(root / "accuracy.json")])
-    assert args.func(args) == 0
-    assert capsys.readouterr().out.strip() == f"report: {run}/reports/report.html"
+    # `--run` is kept as another name of `--output`, the run folder.
+    assert main(["report", "--run", run, "--accuracy", str(root / "accuracy.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["html"] == f"{run}/reports/report.html"
     fit = json.loads((root / "run" / "reports" / "accuracy_fit.json").read_text())
     assert fit["n"] == 5 and fit["frequency_source"].startswith("downstream concepts")
     cov = pd.read_parquet(root / "run" / "reports" / "downstream_coverage.parquet")
@@ -243,16 +250,20 @@ def test_report_without_a_concepts_file_uses_the_count_stage_and_cli_hook(small_
 
 
 def test_bad_inputs_give_clear_errors(small_run, spark, tmp_path):
-    _, run, _ = small_run
+    root, run, _ = small_run
     bad = tmp_path / "acc.json"
     bad.write_text(json.dumps({"martian": 3.0, "venusian": 4.0}))
     with pytest.raises(ReportError, match="none of its 2 concepts"):
-        run_report(spark, run, accuracy_file=str(bad))
+        report(spark, run, accuracy=str(bad))
     bad.write_text(json.dumps({"canine": "high"}))
     with pytest.raises(ReportError, match="must be numbers"):
-        run_report(spark, run, accuracy_file=str(bad))
+        report(spark, run, accuracy=str(bad))
     with pytest.raises(FileNotFoundError, match="no complete match stage"):
-        run_report(spark, str(tmp_path / "empty-run"))
+        report(spark, str(tmp_path / "empty-run"))
+    # A report that fails late (no concept of the accuracy file has a count) is not marked complete.
+    assert not (Path(run) / "reports" / "_COMPLETE").exists()
+    report(spark, run, concepts=str(root / "concepts.json"), accuracy=str(root / "accuracy.json"))  # for the tests after
+    assert (Path(run) / "reports" / "_COMPLETE").exists()
 
 
 # --------------------------------------------------------------------------- the paper's numbers

@@ -17,16 +17,15 @@ from pipeline.cli import main
 from pipeline.core import reasons as R
 from pipeline.core.config import ConfigError
 from pipeline.core.ledger import split_decisions
-from pipeline.registry import PipelineConfig
-from pipeline.stages.balance import (
-    BalanceConfig,
+from pipeline.kernels.sampling import (
     balance_batch,
     keep_probabilities,
     threshold_for_tail_fraction,
     uid_hashes,
     uniforms,
-    with_balance_decisions,
 )
+from pipeline.registry import PipelineConfig
+from pipeline.stages.balance import BalanceConfig, with_balance_decisions
 from pipeline.stages.count import (
     ConceptIndex,
     CountConfig,

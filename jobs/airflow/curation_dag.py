@@ -25,7 +25,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG, Param, chain
 from airflow.sdk.exceptions import AirflowSkipException
 
-# Pipeline order (pipeline.core.config.STAGES; a test checks they agree).
+# Pipeline order (pipeline.registry.STAGES; a test checks they agree).
 STAGES = ("ingest", "match", "count", "balance", "download", "embed", "cluster", "prune", "report")
 TEXT_STAGES = ["ingest", "match", "count", "balance", "report"]
 # jobs/ beside this folder, unless the DAG file was copied elsewhere: then set CURATE_JOBS_DIR.
@@ -54,8 +54,8 @@ def stage_args(stage: str) -> list[str]:
     """The job's command line, templated from the DAG params (a list: no shell quoting)."""
     if stage == "ingest":
         return ["--input", "{{ params.input }}", "--output", "{{ params.run_dir }}", "--config", "{{ params.config }}"]
-    if stage == "report":
-        return ["--run", "{{ params.run_dir }}"]
+    if stage == "report":  # reads the whole run folder; the concept/accuracy files come from the config
+        return ["--output", "{{ params.run_dir }}", "--config", "{{ params.config }}"]
     return ["--input", "{{ params.run_dir }}", "--output", "{{ params.run_dir }}", "--config", "{{ params.config }}"]
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from pipeline.core.errors import UserError
-from pipeline.stages.match import WRAPPED
+from pipeline.kernels.matcher import WRAPPED
 
 log = logging.getLogger(__name__)
 

@@ -242,7 +242,7 @@ def execute(
         path = given.get(slot.flag) or (run.root if slot.sources else None)
         if path is None:
             raise InputError(f"{stage.name}: no --{slot.flag} given")
-        check_outside(run.root, path, pool=not slot.sources, input_name=f"--{slot.flag}")
+        check_outside(run.root, path, pool=not slot.sources)
         ups[slot.flag] = resolve(run, slot, path)
     ctx = Context(run.spark, run, stage, config, ups, force, started)
     plan = stage.plan(ctx) if stage.plan else Plan()

@@ -20,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +33,9 @@ from pipeline.core.errors import UserError
 from pipeline.kernels.imageio import ImageDecodeError, PreprocessSpec, load_image, normalize
 from pipeline.kernels.imageshards import Shard, _fs, read_unit, shard_units
 
-if TYPE_CHECKING:
-    from pipeline.stages.embed import EmbedConfig
+# The embed stage's config (pipeline.stages.embed.EmbedConfig) is passed in; a kernel does not
+# import stages, so it is typed by the fields it reads.
+EmbedConfig = Any
 
 log = logging.getLogger(__name__)
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"

@@ -12,13 +12,18 @@ import io
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from pipeline.core.config import ConfigError
-from pipeline.core.errors import UserError
 from pipeline.core.protocol import Context, Input, Output, Stage
+from pipeline.kernels.kmeans import (
+    ClusterError,
+    assign,
+    centroids_bytes,
+    require_faiss,
+    train_kmeans,
+)
 
 
 @dataclass(frozen=True)
@@ -46,129 +51,6 @@ class ClusterConfig:
 
 log = logging.getLogger(__name__)
 STAGE_NAME = "cluster"
-
-
-class ClusterError(UserError):
-    """The clustering input or settings cannot work (too few points, no embedding column, ...)."""
-
-
-def require_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise ClusterError("faiss is not installed: pip install 'curate-pipeline[cluster]' (faiss-cpu) or '[gpu]' (faiss-gpu)") from None
-    return faiss
-
-
-# --- kernels --------------------------------------------------------------------------------
-
-
-def prepare(x: np.ndarray, spherical: bool) -> np.ndarray:
-    """float32 rows; unit-normalised when clustering is spherical (cosine is scale-free)."""
-    x = np.ascontiguousarray(x, np.float32)
-    if spherical:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms > 0, norms, 1.0).astype(np.float32)
-    return x
-
-
-def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int, spherical: bool, gpu: bool | None = None) -> dict[str, Any]:
-    """FAISS k-means on all of `x` (already sampled): centroids (k x d float32), objective, info."""
-    faiss = require_faiss()
-    n, d = x.shape
-    if n < k:
-        raise ClusterError(f"cluster: k={k} but only {n} valid embeddings to train on; lower --k")
-    use_gpu = bool(faiss.get_num_gpus() > 0) if gpu is None else gpu
-    km = faiss.Kmeans(
-        d, k, niter=niter, seed=int(seed) % (2**31 - 1), spherical=spherical, gpu=use_gpu,
-        # x is already the sample: FAISS must not subsample it again.
-        max_points_per_centroid=max(1, -(-n // k)), min_points_per_centroid=1, verbose=False,
-    )
-    km.train(prepare(x, spherical))
-    centroids = np.ascontiguousarray(km.centroids, np.float32)
-    return {
-        "centroids": centroids,
-        "faiss_objective": float(km.obj[-1]) if len(km.obj) else None,
-        "sse": sum_squared_distances(prepare(x, spherical), centroids),
-        "gpu": use_gpu,
-        "faiss_version": faiss.__version__,
-    }
-
-
-def sum_squared_distances(x: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> float:
-    """The k-means objective: sum over points of the squared L2 distance to the nearest centroid."""
-    c = np.asarray(centroids, np.float32)
-    cc = (c.astype(np.float64) ** 2).sum(axis=1)
-    total = 0.0
-    for s in range(0, len(x), batch):
-        xb = np.asarray(x[s : s + batch], np.float32)
-        d2 = (xb.astype(np.float64) ** 2).sum(axis=1)[:, None] - 2.0 * (xb @ c.T) + cc[None, :]
-        total += float(np.maximum(d2.min(axis=1), 0.0).sum())
-    return total
-
-
-def exact_distances(x: np.ndarray, centroids: np.ndarray, ids: np.ndarray, spherical: bool) -> np.ndarray:
-    """Distances of each row to the given centroids, row by row in float64.
-
-    Row-wise (not one matmul over the batch) so the value does not depend on which rows share a
-    batch, i.e. on the partitioning: 1 - cos when spherical (rows and centroids unit-normalised),
-    else the squared L2 distance.
-    """
-    x64 = np.asarray(x, np.float64)
-    c64 = np.asarray(centroids, np.float64)[ids]  # (n, m, d)
-    if spherical:
-        c64 = c64 / np.maximum(np.linalg.norm(c64, axis=2, keepdims=True), 1e-30)
-        return 1.0 - np.einsum("nd,nmd->nm", x64, c64)
-    diff = x64[:, None, :] - c64
-    return np.einsum("nmd,nmd->nm", diff, diff)
-
-
-def assign(x: np.ndarray, centroids: np.ndarray, top_m: int, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The top_m nearest centroids of each row: (ids (n, m) int32, distances (n, m) float32).
-
-    Candidates come from a float32 matmul; the few nearest are re-ranked by exact row-wise
-    distances (ties by centroid id), so the result is independent of the batch a row is in.
-    Rows go in chunks so the n x k score matrix stays around 64 MB whatever k is.
-    """
-    x = prepare(x, spherical)
-    c = prepare(centroids, spherical)
-    k = len(c)
-    m = min(top_m, k)
-    cand = min(k, m + 2)
-    cc = (c * c).sum(axis=1)[None, :]
-    ids_out = np.empty((len(x), m), np.int32)
-    dist_out = np.empty((len(x), m), np.float32)
-    step = max(16, min(4096, (1 << 24) // max(1, k)))
-    for s in range(0, len(x), step):
-        xb = x[s : s + step]
-        score = -(xb @ c.T) if spherical else cc - 2.0 * (xb @ c.T)
-        rows = np.arange(len(xb))[:, None]
-        if cand < k:
-            ids = np.argpartition(score, cand - 1, axis=1)[:, :cand]
-            # argpartition picks any of several centroids tied at the cut: a row with more
-            # candidates at or below its cut than it kept is re-ranked over all of them below.
-            cut = score[rows, ids].max(axis=1)
-            crowded = np.flatnonzero((score <= cut[:, None]).sum(axis=1) > cand)
-        else:
-            ids = np.tile(np.arange(k), (len(xb), 1))
-            crowded = ()
-        dist = exact_distances(xb, c, ids, spherical)
-        order = np.lexsort((ids, dist), axis=1)[:, :m]
-        ids_out[s : s + step] = ids[rows, order]
-        dist_out[s : s + step] = dist[rows, order]
-        for r in crowded:
-            wide = np.flatnonzero(score[r] <= cut[r])[None, :]
-            d = exact_distances(xb[r : r + 1], c, wide, spherical)
-            pick = np.lexsort((wide, d), axis=1)[0, :m]
-            ids_out[s + r] = wide[0, pick]
-            dist_out[s + r] = d[0, pick]
-    return ids_out, dist_out
-
-
-def centroids_bytes(centroids: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(centroids, np.float32), allow_pickle=False)
-    return buf.getvalue()
 
 
 def load_centroids(fs, path: str) -> np.ndarray:

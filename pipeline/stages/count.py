@@ -91,7 +91,7 @@ def count_concepts(df, concept_entries: Sequence[str], synonyms: dict[str, Seque
     import pyarrow as pa
 
     from pipeline.core.contracts import require_columns
-    from pipeline.stages.match import entries_fingerprint, get_matcher
+    from pipeline.kernels.matcher import entries_fingerprint, get_matcher
 
     require_columns(df, ("text",), "count")
     key = "concepts-" + entries_fingerprint(concept_entries, mode)
@@ -128,7 +128,7 @@ def count_concepts(df, concept_entries: Sequence[str], synonyms: dict[str, Seque
 def plan(ctx: Context) -> Plan:
     """The match stage's entry list and mode, and the concept file's contents, decide the counts."""
     from pipeline.concepts.metadata import load_concepts
-    from pipeline.stages.match import entries_fingerprint
+    from pipeline.kernels.matcher import entries_fingerprint
 
     cfg: CountConfig = ctx.cfg
     up = ctx.input()

@@ -393,13 +393,14 @@ def run(ctx: Context) -> Output:
                 f"--retry-failed: the stage holds {old_stats.get('output_format')} shards but output_format is "
                 f"{d.output_format}; use the same format, or --force to download everything again"
             )
-        ledger = spark.read.parquet(run.ledger_dir(STAGE_NAME))
+        # The earlier decisions are copied aside (the ledger folder is rewritten whole); those
+        # that stand are carried over, the download_failed ones are tried again.
+        spark.read.parquet(run.ledger_dir(STAGE_NAME)).write.parquet(ctx.scratch("ledger"))
+        run.fs.delete(run.ledger_dir(STAGE_NAME))
+        ledger = spark.read.parquet(ctx.scratch("ledger"))
         failed = ledger.where(F.col("reason") == R.DOWNLOAD_FAILED).select("uid")
         todo = df.join(failed, on="uid", how="left_semi")
-        # The earlier decisions that stand are copied aside: the ledger folder is rewritten whole.
-        ledger.join(failed, on="uid", how="left_anti").write.parquet(ctx.scratch("carried"))
-        run.fs.delete(run.ledger_dir(STAGE_NAME))
-        carried = spark.read.parquet(ctx.scratch("carried"))
+        carried = ledger.join(failed, on="uid", how="left_anti")
         start_shard = max(_shard_files(run, shards_dir), default=-1) + 1
     else:
         todo, start_shard = df, 0

@@ -430,9 +430,20 @@ class ReportConfig:
         pass
 
 
+def _read_inputs(run, accuracy_file: str | None) -> tuple[list[str], pd.Series | None]:
+    """The match stage's entries and the accuracy file, or a clear error before anything is written."""
+    meta = f"{run.stage_dir('match')}/metadata.json"
+    if not run.is_complete("match") or not run.fs.exists(meta):
+        raise FileNotFoundError(f"{run.root}: no complete match stage (match/metadata.json); run `curate match` and `curate count` first")
+    entries = [str(e) for e in run.fs.read_json(meta)]
+    acc = load_accuracy(accuracy_file, run.fs.read_bytes(accuracy_file).decode("utf-8")) if accuracy_file else None
+    return entries, acc
+
+
 def plan(ctx: Context) -> Plan:
     """The report reads the whole run: every complete stage's marker is part of its fingerprint."""
     run = ctx.run
+    _read_inputs(run, ctx.cfg.accuracy)  # a missing match stage or a bad accuracy file fails here, before any write
     made = {name: run.marker(name) for name in run.fs.list(run.root) if not name.startswith(("_", ".")) and name != "reports"}
     concepts = ctx.cfg.concepts or ctx.pipeline.count.concepts
     files = {"concepts": concepts, "accuracy": ctx.cfg.accuracy}
@@ -465,12 +476,7 @@ def write_report(
 ) -> dict[str, Any]:
     """The report's files (under `_files`, written by the stage protocol) and a summary."""
     run_root = run.root
-    meta = f"{run.stage_dir('match')}/metadata.json"
-    if not run.is_complete("match") or not run.fs.exists(meta):
-        raise FileNotFoundError(f"{run_root}: no complete match stage (match/metadata.json); run `curate match` and `curate count` first")
-    entries = [str(e) for e in run.fs.read_json(meta)]
-    # Read the accuracy file first: a bad one fails before any Spark job runs.
-    acc = load_accuracy(accuracy_file, run.fs.read_bytes(accuracy_file).decode("utf-8")) if accuracy_file else None
+    entries, acc = _read_inputs(run, accuracy_file)
     stats = _stage_stats(run, order)
     t = stats.get("balance", {}).get("t")
     counts = step_counts(run, entries)

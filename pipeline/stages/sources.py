@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -24,8 +24,9 @@ from pyspark.sql import types as T
 from pipeline.core.errors import UserError
 from pipeline.kernels.imageshards import IMAGE_EXTS
 
-if TYPE_CHECKING:
-    from pipeline.stages.ingest import IngestConfig
+# The ingest stage's config (pipeline.stages.ingest.IngestConfig), read by field: the ingest
+# stage imports this module, not the other way round.
+IngestConfig = Any
 
 log = logging.getLogger(__name__)
 
