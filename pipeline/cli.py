@@ -46,9 +46,29 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def field_notes(cls: type) -> dict[str, str]:
+    """The comment lines written above each field of a config dataclass: its flag's help."""
+    import inspect
+    import re
+
+    notes: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))
+            continue
+        field_ = re.match(r"(\w+)\s*:", text)
+        if field_ and pending:
+            notes[field_.group(1)] = " ".join(pending)
+        pending = []
+    return notes
+
+
 def config_flags(p: argparse.ArgumentParser, section: str, cls: type) -> None:
     """One flag per field of `cls`, named after it; its value overrides `<section>.<field>`."""
     hints = typing.get_type_hints(cls)
+    notes = field_notes(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("internal"):
             continue
@@ -56,7 +76,8 @@ def config_flags(p: argparse.ArgumentParser, section: str, cls: type) -> None:
         args = typing.get_args(hint)
         inner = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_ = f"{section}.{f.name}" + (f" (default {default})" if default not in (None, (), {}) else "")
+        help_ = (notes.get(f.name, "") + f" [{section}.{f.name}" + (f"; default {default}]" if default not in (None, (), {}) else "]")).strip()
+        help_ = help_.replace("%", "%%")
         names = [_flag(f.name), *f.metadata.get("aliases", ())]
         kw: dict[str, Any] = {"dest": f"cfg:{f.name}", "default": None, "help": help_}
         choices = getattr(cls, f.name.upper() + "S", None) or f.metadata.get("choices")
@@ -79,7 +100,7 @@ def add_stage(sub, spec: Stage) -> None:
     for slot in spec.inputs:
         default = " (default: the run folder)" if slot.sources else ""
         p.add_argument(
-            f"--{slot.flag}", *slot.aliases, dest=f"in:{slot.flag}", required=not slot.sources,
+            f"--{slot.flag}", *slot.aliases, dest=f"in:{slot.flag}", metavar=slot.flag.upper(), required=not slot.sources,
             help=slot.help + default,
         )
     p.add_argument("--output", *(("--run",) if spec.name == "report" else ()), required=True, help="the run folder")

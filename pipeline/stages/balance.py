@@ -139,7 +139,7 @@ STAGE = Stage(
     help="MetaCLIP balancing: sample entries with count > t down to about t",
     inputs=(
         Input("input", ("match",), "a run folder (its match output) or a match stage folder"),
-        Input("counts", ("count",), "the count stage output (default: the run folder's)"),
+        Input("counts", ("count",), "the count stage's output: a run folder or a count stage folder"),
     ),
     schemas={"data": "balance"},
     seeded=True,

@@ -28,7 +28,6 @@ from pipeline.kernels.kmeans import (
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    # Owned by the cluster stage (pipeline/stages/cluster.py).
     k: int = 100
     # Cosine k-means (unit-normalised rows and centroids); distance = 1 - cos. Off: squared L2.
     spherical: bool = True

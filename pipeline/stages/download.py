@@ -38,7 +38,6 @@ from pipeline.core.protocol import Context, Input, Output, Plan, Stage
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    # Owned by the download stage (pipeline/stages/download.py); img2dataset does the fetching.
     image_size: int = 256
     # img2dataset's resize modes: no, keep_ratio, keep_ratio_largest, center_crop, border.
     resize_mode: str = "keep_ratio"

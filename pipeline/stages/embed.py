@@ -23,9 +23,8 @@ from pipeline.core.protocol import Context, Input, Output, Plan, Stage, Upstream
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    # Owned by the embed stage (pipeline/stages/embed.py). An open_clip model name (tiny-clip ships
-    # with the project for tests and the demo) with a pretrained tag, a local checkpoint, or
-    # neither (random weights, with a warning).
+    # An open_clip model name (tiny-clip ships with the project for tests and the demo) with a
+    # pretrained tag, a local checkpoint, or neither (random weights, with a warning).
     model: str = "ViT-B-32"
     pretrained: str | None = None
     checkpoint: str | None = None

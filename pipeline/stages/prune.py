@@ -35,13 +35,17 @@ from pipeline.core.protocol import Context, Input, Output, Plan, Stage
 
 @dataclass(frozen=True)
 class PruneConfig:
-    # Owned by the prune stage (pipeline/stages/prune.py); every step is optional (None = off).
+    """Every step is optional (None = off)."""
+
     # SemDeDup: drop a member whose max cosine similarity to earlier members exceeds 1 - eps.
     dedup_eps: float | None = None
     # DBP: keep this fraction of SemDeDup's survivors, spread by cluster complexity.
     keep_fraction: float | None = None
+    # DBP: softmax temperature tau over cluster complexities.
     temperature: float = 0.5
+    # DBP: nearest other centroids averaged in d_inter.
     inter_k: int = 20
+    # DBP: lower bound lb_j = min(floor_ratio * N'/K, n_j - 1) members per cluster.
     floor_ratio: float = 0.0
     # Cluster balancing: keep at most this many members per cluster (the farthest).
     max_per_cluster: int | None = None
@@ -394,7 +398,7 @@ STAGE = Stage(
     help="SemDeDup, density-based pruning and a per-cluster cap over clustered embeddings",
     inputs=(
         Input("input", ("embed",), "a run folder (its embed output) or Parquet with uid and the embedding column"),
-        Input("clusters", ("cluster",), "a run folder or cluster stage folder (default: the run folder's)"),
+        Input("clusters", ("cluster",), "a run folder or a cluster stage folder"),
     ),
     schemas={"data": "prune", "similarity": "prune_similarity"},
 )
