@@ -22,8 +22,10 @@ def small_run(spark, tmp_path_factory):
     concepts = {"pet": ["dog", "cat"], "plant": ["tree"], "none": ["zebra"]}
     run = build_text_run(spark, tmp, columns, words + ["zebra"], concepts, t=60)
     from pipeline.api import run_report
+    from pipeline.registry import PipelineConfig
+    from pipeline.stages.report import ReportConfig
 
-    run_report(spark, run, concepts_file=str(tmp / "c.json"))
+    run_report(spark, run, PipelineConfig(report=ReportConfig(concepts=str(tmp / "c.json"))))
     return run
 
 
