@@ -53,8 +53,10 @@ run_count = _shorthand("count")
 run_balance = _shorthand("balance")
 run_download = _shorthand("download")
 run_embed = _shorthand("embed")
+run_filter = _shorthand("filter")
 run_cluster = _shorthand("cluster")
 run_prune = _shorthand("prune")
+run_export = _shorthand("export")
 run_report = _shorthand("report")
 
 
@@ -82,6 +84,8 @@ def _upstreams(run: RunFolder, name: str, enabled: Sequence[str]) -> dict[str, s
             pick = next((s for s in slot.sources if run.is_complete(s)), None)
             if pick is not None:
                 log.info("%s: reading %s from an earlier run (not enabled now)", name, run.stage_dir(pick))
+        if pick is None and slot.optional:
+            continue
         if pick is None:
             raise RunError(
                 f"stage {name} needs the output of {' or '.join(slot.sources)}: add it to run.stages (--stages) "

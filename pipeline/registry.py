@@ -15,7 +15,19 @@ from typing import Any
 
 from pipeline.core.config import ConfigError, DemoConfig, SparkConfig, from_mapping, read_config
 from pipeline.core.protocol import Stage
-from pipeline.stages import balance, cluster, count, download, embed, ingest, match, prune, report
+from pipeline.stages import (
+    balance,
+    cluster,
+    count,
+    download,
+    embed,
+    export,
+    ingest,
+    match,
+    prune,
+    report,
+)
+from pipeline.stages import filter as filter_stage
 
 REGISTRY: tuple[Stage, ...] = (
     ingest.STAGE,
@@ -24,8 +36,10 @@ REGISTRY: tuple[Stage, ...] = (
     balance.STAGE,
     download.STAGE,
     embed.STAGE,
+    filter_stage.STAGE,
     cluster.STAGE,
     prune.STAGE,
+    export.STAGE,
     report.STAGE,
 )
 STAGES: tuple[str, ...] = tuple(s.name for s in REGISTRY)

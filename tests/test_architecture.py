@@ -152,7 +152,9 @@ def test_no_folder_is_renamed_by_the_projects_code():
 def test_the_registry_is_the_pipeline_order_and_the_config_sections():
     from pipeline.registry import REGISTRY, STAGES, PipelineConfig
 
-    assert STAGES == ("ingest", "match", "count", "balance", "download", "embed", "cluster", "prune", "report")
+    assert STAGES == (
+        "ingest", "match", "count", "balance", "download", "embed", "filter", "cluster", "prune", "export", "report",
+    )
     fields = [f.name for f in dataclasses.fields(PipelineConfig)]
     assert fields == ["seed", "spark", *STAGES, "demo", "run"]
     for stage in REGISTRY:
@@ -171,7 +173,9 @@ def _sample(hint):
     return {int: (["7"], 7), float: (["0.25"], 0.25), str: (["x-y"], "x-y")}.get(inner)
 
 
-@pytest.mark.parametrize("name", ["ingest", "match", "count", "balance", "download", "embed", "cluster", "prune", "report"])
+@pytest.mark.parametrize(
+    "name", ["ingest", "match", "count", "balance", "download", "embed", "filter", "cluster", "prune", "export", "report"]
+)
 def test_every_config_key_of_a_stage_is_a_flag_of_its_command(name):
     from pipeline.cli import build_parser, overrides_of
     from pipeline.registry import BY_NAME

@@ -12,6 +12,7 @@ import tarfile
 import time
 import urllib.error
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -561,3 +562,81 @@ def test_real_commoncrawl_images_through_the_cli(spark, tmp_path, capfd):
     for row in images.itertuples():
         if row.id in data:
             assert (data[row.id]["original_width"], data[row.id]["original_height"]) == (row.width, row.height)
+
+
+# --------------------------------------------------------------------------- export of the downloaded samples
+
+
+def _download_images(run: str) -> dict[tuple[str, str], bytes]:
+    """(download tar, img2dataset key) -> the image bytes stored there."""
+    import tarfile
+
+    out = {}
+    for tar_path in sorted(Path(run, "download", "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".jpg"):
+                    out[(tar_path.name, m.name[: -len(".jpg")])] = tar.extractfile(m).read()
+    return out
+
+
+def test_export_shards_hold_exactly_the_kept_samples_and_rerun_byte_identical(spark, first_run):
+    import hashlib
+
+    import webdataset as wds
+
+    from pipeline.api import run_export
+    from pipeline.stages.export import ExportConfig, ExportError
+
+    run = first_run["run"]
+    cfg = PipelineConfig(export=ExportConfig(samples_per_shard=3))
+    result = run_export(spark, run, run, run, cfg)
+    kept = {r.uid: r for r in spark.read.parquet(f"{run}/download/data").collect()}
+    images = _download_images(run)
+    shards = sorted(Path(run, "export", "shards").glob("*.tar"))
+    assert len(kept) >= 7 and len(shards) == -(-len(kept) // 3)
+    seen: dict[str, int] = {}
+    per_shard: dict[str, int] = {}
+    for sample in wds.WebDataset([str(p) for p in shards], shardshuffle=False):
+        meta = json.loads(sample["json"])
+        uid = meta["uid"]
+        seen[uid] = seen.get(uid, 0) + 1
+        tar_name = Path(sample["__url__"]).name
+        per_shard[tar_name] = per_shard.get(tar_name, 0) + 1
+        d = kept[uid]
+        assert sample["txt"].decode("utf-8") == d.text
+        assert sample["jpg"] == images[(d.shard, d.key)]  # the downloaded bytes, unchanged
+        assert meta["url"] == d.url and meta["original_width"] == d.original_width
+    assert seen == dict.fromkeys(kept, 1)  # every kept uid in exactly one tar
+    sizes = json.loads(Path(run, "export", "shards", "sizes.json").read_text())
+    assert sizes == per_shard and set(sizes.values()) <= {3, len(kept) % 3 or 3}
+    assert result.stats["shards"]["total"] == len(kept) and result.stats["kept"] == len(kept)
+    # These uids are not 32 hex digits: a plain sorted list, and the reason in stats.
+    assert Path(run, "export", "uids.txt").read_text().split("\n")[:-1] == sorted(kept)
+    assert "not 32 hex digits" in result.stats["uid_list_reason"]
+    assert sorted(r.uid for r in spark.read.parquet(f"{run}/export/data").collect()) == sorted(kept)
+
+    # The same run again writes byte-identical tars.
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards}
+    run_export(spark, run, run, run, cfg, force=True)
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(run, "export", "shards").glob("*.tar"))} == before
+    # Another export over a complete one needs --force: a training job may be reading it.
+    with pytest.raises(ExportError, match="pass --force to replace it"):
+        run_export(spark, run, run, run, PipelineConfig(export=ExportConfig(samples_per_shard=5)))
+    assert Path(run, "export", "_COMPLETE").exists()
+
+
+def test_export_with_a_download_shard_gone_is_an_error_not_a_gap(spark, first_run, tmp_path):
+    import shutil
+
+    from pipeline.api import run_export
+    from pipeline.kernels.wds import MissingImageError
+    from pipeline.stages.export import ExportConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(first_run["run"], run, ignore=shutil.ignore_patterns("export"))
+    used = spark.read.parquet(str(run / "download" / "data")).orderBy("uid").first()
+    (run / "download" / "shards" / used.shard).unlink()  # the tar holding a kept uid's image
+    with pytest.raises(MissingImageError, match="cannot read the download shard"):
+        run_export(spark, str(run), str(run), str(run), PipelineConfig(export=ExportConfig(samples_per_shard=4)))
+    assert not (run / "export" / "_COMPLETE").exists()

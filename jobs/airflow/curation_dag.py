@@ -26,7 +26,7 @@ from airflow.sdk import DAG, Param, chain
 from airflow.sdk.exceptions import AirflowSkipException
 
 # Pipeline order (pipeline.registry.STAGES; a test checks they agree).
-STAGES = ("ingest", "match", "count", "balance", "download", "embed", "cluster", "prune", "report")
+STAGES = ("ingest", "match", "count", "balance", "download", "embed", "filter", "cluster", "prune", "export", "report")
 TEXT_STAGES = ["ingest", "match", "count", "balance", "report"]
 # jobs/ beside this folder, unless the DAG file was copied elsewhere: then set CURATE_JOBS_DIR.
 JOBS_DIR = os.environ.get("CURATE_JOBS_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,7 +61,7 @@ def stage_args(stage: str) -> list[str]:
 
 with DAG(
     dag_id="curate_pipeline",
-    description="Image-text curation: ingest, MetaCLIP match/count/balance, download, embed, cluster, prune, report",
+    description="Image-text curation: ingest, MetaCLIP match/count/balance, download, embed, filter, cluster, prune, export, report",
     schedule=None,
     catchup=False,
     max_active_runs=1,

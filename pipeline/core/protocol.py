@@ -39,8 +39,11 @@ class Input:
     flag: str
     sources: tuple[str, ...]
     help: str
-    # Extra spellings of the flag on the command line (e.g. embed's --npz, report's --run).
+    # Extra spellings of the flag on the command line (e.g. embed's --npz).
     aliases: tuple[str, ...] = ()
+    # `curate run` may leave it unfilled (no stage of `sources` enabled or complete): the stage
+    # then gets the run folder itself and decides (export without images writes no shards).
+    optional: bool = False
 
 
 @dataclass(frozen=True)

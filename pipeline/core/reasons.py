@@ -27,6 +27,16 @@ DOWNLOAD_FAILED = "download_failed"  # HTTP error, timeout, not an image, ...
 IMAGE_DECODE_FAILED = "image_decode_failed"
 NO_IMAGE = "no_image"  # the uid has no downloaded image to embed
 
+# filter (one reason per rule; the detail holds the value that failed)
+CAPTION_TOO_SHORT = "caption_too_short"  # fewer words or characters than asked
+WRONG_LANGUAGE = "wrong_language"  # not a kept language, or identified with too little confidence
+NO_IMAGE_SIZE = "no_image_size"  # an image rule needs sizes this row does not have
+IMAGE_TOO_SMALL = "image_too_small"  # shortest side below the minimum (zero included)
+BAD_ASPECT_RATIO = "bad_aspect_ratio"  # longest / shortest side above the maximum
+NO_CLIP_SCORE = "no_clip_score"  # null or NaN score, or no embeddings to compute it from
+LOW_CLIP_SCORE = "low_clip_score"  # below the threshold, or outside the top fraction
+DUPLICATE_IMAGE = "duplicate_image"  # the same image bytes (sha256) as a smaller uid
+
 # cluster / prune
 INVALID_EMBEDDING = "invalid_embedding"  # NaN, inf or zero vector
 SEMANTIC_DUPLICATE = "semantic_duplicate"

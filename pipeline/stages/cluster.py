@@ -230,7 +230,7 @@ STAGE = Stage(
     config=ClusterConfig,
     run=run,
     help="FAISS k-means on a sample, then every embedding assigned to its nearest centroids",
-    inputs=(Input("input", ("embed",), "a run folder (its embed output) or Parquet with uid and an embedding column"),),
+    inputs=(Input("input", ("filter", "embed"), "a run folder (its filter output, else its embed output) or Parquet with uid and an embedding column"),),
     schemas={"data": "cluster"},
     seeded=True,
 )

@@ -397,7 +397,7 @@ STAGE = Stage(
     plan=plan,
     help="SemDeDup, density-based pruning and a per-cluster cap over clustered embeddings",
     inputs=(
-        Input("input", ("embed",), "a run folder (its embed output) or Parquet with uid and the embedding column"),
+        Input("input", ("filter", "embed"), "a run folder (its filter output, else its embed output) or Parquet with uid and the embedding column"),
         Input("clusters", ("cluster",), "a run folder or a cluster stage folder"),
     ),
     schemas={"data": "prune", "similarity": "prune_similarity"},
