@@ -21,10 +21,17 @@ from pipeline.cli import main
 from pipeline.stages.report import (
     ReportError,
     accuracy_fit,
+    band_counts,
+    export_summary,
     frequency_table,
+    funnel_figure,
+    funnel_table,
     gini,
     long_tail_stats,
+    never_matched,
     normalised_entropy,
+    rarest,
+    tail_histogram_figure,
     zipf_exponent,
 )
 from tests.conftest import anchor
@@ -96,6 +103,110 @@ def test_accuracy_fit_recovers_a_synthetic_log_linear_law():
     assert fit["n_accuracy_without_frequency"] == 1 and fit["n_frequency_without_accuracy"] == 1
     assert fit["slope"] == pytest.approx(20.0) and fit["intercept"] == pytest.approx(0.0)
     assert accuracy_fit({"a": 1}, {"a": 2.0})["slope"] is None
+
+
+def test_funnel_table_lists_row_stages_in_order_kept_first_then_reasons_by_size():
+    stats = {
+        "ingest": {"rows_in": 100, "kept": 90, "dropped": {"empty_text": 10}, "dropped_total": 10},
+        "count": {"texts": 90, "entries": 5},  # not a row stage: left out
+        "filter": {"rows_in": 90, "kept": 30, "dropped_total": 60,
+                   "dropped": {"duplicate_image": 5, "low_clip_score": 50, "caption_too_short": 5}},
+        "embed": {"rows_in": 0, "kept": 0, "dropped": {}, "dropped_total": 0},
+    }
+    got = funnel_table(stats)
+    assert list(got.columns) == ["stage", "rows_in", "outcome", "rows", "share"]
+    assert got.drop(columns="share").values.tolist() == [
+        ["ingest", 100, "kept", 90],
+        ["ingest", 100, "empty_text", 10],
+        ["filter", 90, "kept", 30],
+        ["filter", 90, "low_clip_score", 50],
+        ["filter", 90, "caption_too_short", 5],  # a tie with duplicate_image: by name
+        ["filter", 90, "duplicate_image", 5],
+        ["embed", 0, "kept", 0],
+    ]
+    assert got["share"].tolist() == pytest.approx([0.9, 0.1, 1 / 3, 5 / 9, 1 / 18, 1 / 18, 0.0])
+
+
+def test_funnel_figure_stacks_kept_and_each_reason_in_one_bar_per_stage():
+    import matplotlib.pyplot as plt
+
+    stats = {
+        "ingest": {"rows_in": 100, "kept": 90, "dropped": {"empty_text": 10}},
+        "count": {"texts": 90},
+        "filter": {"rows_in": 90, "kept": 60, "dropped": {"low_clip_score": 20, "caption_too_short": 10}},
+    }
+    fig = funnel_figure(funnel_table(stats))
+    try:
+        ax = fig.axes[0]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["ingest", "filter"]
+        bars = [(round(p.get_y() + p.get_height() / 2), p.get_x(), p.get_width()) for p in ax.patches]
+        assert bars == [(0, 0, 90), (0, 90, 10), (1, 0, 60), (1, 60, 20), (1, 80, 10)]
+        fig.canvas.draw()
+        assert ax.patches[0].get_window_extent().y0 > ax.patches[2].get_window_extent().y1  # the pipeline reads downward
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["kept", "empty_text", "low_clip_score", "caption_too_short"]
+        texts = {t.get_text() for t in ax.texts}
+        assert {"90 of 100 kept (90.0%)", "60 of 90 kept (66.7%)"} <= texts
+    finally:
+        plt.close(fig)
+
+
+def test_rarest_lists_only_entries_that_occur_and_never_matched_keeps_the_metadata_order():
+    counts = pd.Series({"zebra": 0, "dog": 50, "owl": 1, "cat": 3, "yak": 0, "ant": 1, "emu": 0})
+    table = frequency_table(counts)
+    assert rarest(table, 3)[["concept", "count"]].values.tolist() == [["ant", 1], ["owl", 1], ["cat", 3]]
+    assert rarest(table)["concept"].tolist() == ["ant", "owl", "cat", "dog"]
+    assert rarest(frequency_table(pd.Series({"a": 0}))).empty
+    assert never_matched(counts) == ["zebra", "yak", "emu"]
+
+
+def test_band_chart_shows_every_band_beside_a_huge_zero_band():
+    import matplotlib.pyplot as plt
+
+    counts = pd.Series({**{f"z{i}": 0 for i in range(10_000)}, "a": 5, "b": 50, "c": 500, "d": 7})
+    bands = band_counts({"matched": frequency_table(counts), "pruned": frequency_table(counts.clip(upper=9))})
+    assert bands.index.tolist() == ["0", "1-9", "10-99", "100-999"]
+    assert bands["matched"].tolist() == [10_000, 2, 1, 1] and bands["pruned"].tolist() == [10_000, 4, 0, 0]
+    fig = tail_histogram_figure({"matched": frequency_table(counts)})
+    try:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        heights = [p.get_window_extent().height for p in ax.patches]
+        assert len(heights) == 4
+        # one concept in a band stands at least a twentieth as tall as 10,000 in the zero band
+        # (on a linear axis it would be 1/10,000 of it: a line under a pixel)
+        assert min(heights[1:]) >= heights[0] / 20, heights
+        assert [t.get_text() for t in ax.texts] == ["10,000", "2", "1", "1"]
+    finally:
+        plt.close(fig)
+
+
+EXPORT_STATS = {
+    "stage": "export", "rows_in": 1200, "kept": 1200, "dropped": {}, "dropped_total": 0, "uid_list": "uids.npy",
+    "shards": {"count": 3, "total": 1200, "bytes": 3_145_728, "samples_per_shard": 500, "image_format": "webp"},
+}
+
+
+def test_export_summary_gives_counts_shards_and_sizes():
+    assert export_summary("/r", {"export": EXPORT_STATS}) == {
+        "samples": "1,200",
+        "subset (Parquet)": "/r/export/data",
+        "uid list": "/r/export/uids.npy",
+        "shards": "3",
+        "shard files": "/r/export/shards/00000.tar ... 00002.tar, samples per shard in shards/sizes.json",
+        "samples in shards": "1,200",
+        "samples per shard": "500",
+        "image format": "webp",
+        "shard bytes": "3,145,728 bytes (3.0 MiB)",
+        "mean bytes per shard": "1,048,576 bytes (1.0 MiB)",
+    }
+    plain = {"rows_in": 7, "kept": 7, "uid_list": "uids.txt", "uid_list_reason": "7 uids are not 32 hex digits"}
+    assert export_summary("/r", {"export": plain}) == {
+        "samples": "7",
+        "subset (Parquet)": "/r/export/data",
+        "uid list": "/r/export/uids.txt (7 uids are not 32 hex digits)",
+        "shards": "not written (export ran without shards)",
+    }
+    assert export_summary("/r", {"embed": {"shards": 1}}) is None
 
 
 # --------------------------------------------------------------------------- a small run
@@ -177,12 +288,16 @@ def test_report_writes_every_file(small_run):
     expected = {
         "concept_frequency.parquet", "long_tail.json", "rank_frequency.png", "tail_histogram.png",
         "downstream_coverage.parquet", "accuracy_fit.json", "accuracy_vs_frequency.png", "report.html", "datacard.md",
+        "funnel.png", "never_matched.txt", "never_matched_concepts.txt",
     }
     # .crc: Hadoop checksums; the report is a stage like the others: stats.json, then its marker
     assert {p.name for p in reports.iterdir() if not p.name.startswith(".")} == expected | {"stats.json", "_COMPLETE"}
     assert all((reports / name).stat().st_size > 0 for name in expected)
     assert result["html"].endswith("reports/report.html") and result["steps"] == ["matched", "balanced"]
     assert json.loads((reports / "stats.json").read_text())["html"] == result["html"]
+    # "unicorn" is the one entry no text holds; "mythical" is the concept made of it alone
+    assert (reports / "never_matched.txt").read_text() == "unicorn\n" and result["never_matched"] == 1
+    assert (reports / "never_matched_concepts.txt").read_text() == "mythical\n"
     assert not (root / "run" / "_scratch").exists() and not (root / "run" / "_tmp").exists()
 
 
@@ -227,15 +342,96 @@ def test_html_is_self_contained_with_tables_and_embedded_pngs(small_run):
     assert 'class="dataframe coverage"' in page and 'class="accuracy-fit"' in page
     assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 3 and page.count("<img") == 3
+    assert len(images) == 4 and page.count("<img") == 4  # funnel, rank-frequency, bands, accuracy
     for b64 in images:
         data = base64.b64decode(b64)
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(io.BytesIO(data)) as im:
             assert im.format == "PNG" and im.size[0] > 0 and im.size[1] > 0
     card = (root / "run" / "reports" / "datacard.md").read_text()
-    for needle in ("## What went in", "### Resolved config", "### balance", "no_concept_match", "## What came out"):
+    for needle in ("## What went in", "### Resolved config", "### balance", "no_concept_match", "## What came out",
+                   "- metadata entries never matched: 1 of 25 (`reports/never_matched.txt`)",
+                   "- downstream concepts: 6, with no matching text: 1 (`reports/never_matched_concepts.txt`)"):
         assert needle in card
+
+
+def _table(page: str, cls: str) -> list[list[str]]:
+    """The cells of each body row of the page's first table of class `cls`."""
+    table = re.search(rf'<table class="{cls}">(.*?)</table>', page, re.S).group(1)
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table) if "<td>" in row]
+
+
+def test_html_lists_the_rarest_that_occur_and_counts_the_never_matched(small_run):
+    root, _, _ = small_run
+    page = (root / "run" / "reports" / "report.html").read_text()
+    # the zero-count entry and concept are a figure and a file, not table rows
+    assert "unicorn" not in page and "mythical" not in page
+    assert 'Entries never matched: 1 of 25, listed in <a href="never_matched.txt">never_matched.txt</a>.' in page
+    assert ('Entries with no text at this step: 1 of 25 (never matched: 1, listed in <a href="never_matched.txt">'
+            "never_matched.txt</a>; lost since matching: 0).") in page
+    assert 'Concepts with no matching text: 1 of 6, listed in <a href="never_matched_concepts.txt">' in page
+    rarest_tables = re.findall(r"<h3>Rarest that occur</h3>.*?<table[^>]*>(.*?)</table>", page, re.S)
+    assert len(rarest_tables) == 2  # matched, balanced
+    for table in rarest_tables:
+        rows = [re.findall(r"<td>(.*?)</td>", row, re.S) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)]
+        counts = [int(cells[1]) for cells in rows if cells]
+        assert len(counts) == 24 and min(counts) > 0 and counts == sorted(counts)  # the 24 words, rarest first
+    # the funnel: the match stage drops the 200 texts "nothing to see i" (every tenth of 2,000)
+    funnel = _table(page, "funnel")
+    assert funnel[:2] == [["match", "2,000", "kept", "1,800", "90.0%"], ["match", "2,000", "no_concept_match", "200", "10.0%"]]
+    assert [row[0] for row in funnel[2:]] == ["balance", "balance"] and funnel[2][1] == "1,800"
+    assert [row[2] for row in funnel[2:]] == ["kept", "balanced_out"]
+
+
+def test_report_shows_filter_rules_in_the_funnel_and_the_export(small_run, spark, tmp_path):
+    """Fake filter and export stats.json in a copy of the run: the report reads only those for both."""
+    from pipeline.core.folder import RunFolder
+    from pipeline.registry import STAGES
+    from pipeline.stages.report import write_report
+
+    root, _, _ = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(root / "run", copy, ignore=lambda d, names: ["reports"] if Path(d) == root / "run" else [])
+    (copy / "filter").mkdir()
+    (copy / "filter" / "stats.json").write_text(json.dumps({
+        "stage": "filter", "rows_in": 1000, "kept": 700, "dropped_total": 300,
+        "dropped": {"caption_too_short": 50, "low_clip_score": 200, "duplicate_image": 50},
+    }))
+    (copy / "export").mkdir()
+    (copy / "export" / "stats.json").write_text(json.dumps(EXPORT_STATS))
+    result = write_report(RunFolder(spark, str(copy)), None, None, str(copy / "reports"), STAGES)
+    files = result["_files"]
+    assert {"funnel.png", "never_matched.txt", "report.html", "datacard.md"} <= set(files)
+    assert "never_matched_concepts.txt" in files  # from the count stage's concepts table
+    page = files["report.html"].decode()
+    funnel = _table(page, "funnel")
+    assert [row[0] for row in funnel] == ["match", "match", "balance", "balance", "filter", "filter", "filter", "filter", "export"]
+    assert funnel[4:] == [
+        ["filter", "1,000", "kept", "700", "70.0%"],
+        ["filter", "1,000", "low_clip_score", "200", "20.0%"],
+        ["filter", "1,000", "caption_too_short", "50", "5.0%"],
+        ["filter", "1,000", "duplicate_image", "50", "5.0%"],
+        ["export", "1,200", "kept", "1,200", "100.0%"],
+    ]
+    where = f"{copy}/export"
+    assert _table(page, "export") == [
+        ["samples", "1,200"],
+        ["subset (Parquet)", f"{where}/data"],
+        ["uid list", f"{where}/uids.npy"],
+        ["shards", "3"],
+        ["shard files", f"{where}/shards/00000.tar ... 00002.tar, samples per shard in shards/sizes.json"],
+        ["samples in shards", "1,200"],
+        ["samples per shard", "500"],
+        ["image format", "webp"],
+        ["shard bytes", "3,145,728 bytes (3.0 MiB)"],
+        ["mean bytes per shard", "1,048,576 bytes (1.0 MiB)"],
+    ]
+    card = files["datacard.md"].decode()
+    assert "### Export\n\n- samples: 1,200\n" in card
+    assert "- shards: 3\n" in card and "- shard bytes: 3,145,728 bytes (3.0 MiB)\n" in card
+    assert f"- final stage `export`: 1200 texts in `{copy}/export/data`" in card
+    # funnel, rank-frequency, bands (no accuracy file here)
+    assert page.count('<img src="data:image/png;base64,') == 3
 
 
 def test_report_without_a_concepts_file_uses_the_count_stage_and_cli_hook(small_run, spark, capsys):

@@ -39,7 +39,7 @@ WANTED = (
     ("keep_prob", ("balance",)),
     ("cluster_id", ("cluster",)),
 )
-KEY_DIGITS = 4  # sample position digits in an exported key: shard 00012, sample 0345 -> 000120345
+KEY_DIGITS = 5  # sample position digits in an exported key: shard 00012, sample 00345 -> 0001200345
 
 
 class ExportError(UserError):

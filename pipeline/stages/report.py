@@ -36,6 +36,7 @@ STEPS = (
     ("balanced", "balance", None),
     ("downloaded", "download", None),
     ("embedded", "embed", None),
+    ("filtered", "filter", None),
     ("deduplicated", "prune", "semantic_duplicate"),
     ("pruned", "prune", None),
 )
@@ -184,6 +185,111 @@ def accuracy_fit(freq: pd.Series | Mapping[str, float], acc: pd.Series | Mapping
     return out
 
 
+def never_matched(counts: pd.Series | Mapping[str, int]) -> list[str]:
+    """The entries (or concepts) with no text, in the given order (the metadata's)."""
+    s = _as_counts(counts)
+    return [str(k) for k, v in s.items() if v == 0]
+
+
+def rarest(table: pd.DataFrame, k: int = RAREST_LISTED) -> pd.DataFrame:
+    """The k rarest rows of a `frequency_table` that occur (count > 0), rarest first, ties by name.
+
+    Zero counts are left out: on a MetaCLIP list most entries never match, and a page of
+    zeros hides the rare concepts that are there; the report gives their number instead.
+    """
+    nz = table[table["count"] > 0]
+    return nz.sort_values(["count", "concept"], kind="mergesort").head(k).reset_index(drop=True)
+
+
+def band_counts(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Concepts per count band ('0', '1-9', '10-99', ...; see `count_bins`): a row per band, a column per step."""
+    top = max((int(t["count"].max()) for t in tables.values() if len(t)), default=0)
+    edges, labels = count_bins(top)
+    cols = {}
+    for step, table in tables.items():
+        c = table["count"].to_numpy()
+        cols[step] = [int((c == 0).sum())] + [int(((c >= a) & (c < b)).sum()) for a, b in zip(edges[1:-1], edges[2:], strict=True)]
+    return pd.DataFrame(cols, index=pd.Index(labels, name="band"), dtype=np.int64)
+
+
+def funnel_table(stats: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """stage, rows_in, outcome, rows, share: every row stage (stats with `rows_in`) in the order of `stats`.
+
+    Per stage its kept rows come first, then each drop reason, most rows first (ties by
+    name); share = rows / rows_in of that stage (0 for a stage that saw no rows).
+    """
+    out = []
+    for stage, st in stats.items():
+        if "rows_in" not in st:
+            continue
+        n = int(st["rows_in"])
+        drops = sorted(((str(r), int(c)) for r, c in (st.get("dropped") or {}).items()), key=lambda rc: (-rc[1], rc[0]))
+        for outcome, rows in [("kept", int(st.get("kept") or 0)), *drops]:
+            out.append((stage, n, outcome, rows, rows / n if n else 0.0))
+    return pd.DataFrame(out, columns=["stage", "rows_in", "outcome", "rows", "share"]).astype(
+        {"rows_in": np.int64, "rows": np.int64, "share": np.float64}
+    )
+
+
+def export_summary(run_root: str, stats: Mapping[str, Mapping[str, Any]]) -> dict[str, str] | None:
+    """What the export stage handed over, from its stats.json, as {label: text}; None when it did not run."""
+    st = stats.get("export")
+    if st is None:
+        return None
+    where = f"{run_root}/export"
+    uid_list = st.get("uid_list")
+    out = {
+        "samples": _count(st.get("kept")),
+        "subset (Parquet)": f"{where}/data",
+        "uid list": f"{where}/{uid_list}" if uid_list else "not written",
+    }
+    if st.get("uid_list_reason"):
+        out["uid list"] += f" ({st['uid_list_reason']})"
+    shards = st.get("shards")
+    if not isinstance(shards, Mapping):
+        out["shards"] = "not written (export ran without shards)"
+        return out
+    count, size = shards.get("count"), shards.get("bytes")
+    out["shards"] = _count(count)
+    if isinstance(count, int) and count > 0:
+        out["shard files"] = f"{where}/shards/00000.tar ... {count - 1:05d}.tar, samples per shard in shards/sizes.json"
+    out["samples in shards"] = _count(shards.get("total"))
+    out["samples per shard"] = _count(shards.get("samples_per_shard"))
+    out["image format"] = str(shards.get("image_format", "-"))
+    out["shard bytes"] = _bytes(size)
+    if isinstance(size, int) and isinstance(count, int) and count > 0:
+        out["mean bytes per shard"] = _bytes(round(size / count))
+    return out
+
+
+def _percent(rows: int, total: int) -> str:
+    """rows / total to one decimal, never rounded onto 0% or 100% when it is not exactly that."""
+    if total <= 0:
+        return "-"
+    p = rows / total
+    if 0 < p < 0.0005:
+        return "<0.1%"
+    if 0.9995 <= p < 1:
+        return ">99.9%"
+    return f"{p:.1%}"
+
+
+def _count(n: Any) -> str:
+    return f"{n:,}" if isinstance(n, int) and not isinstance(n, bool) else _fmt(n)
+
+
+def _bytes(n: Any) -> str:
+    """12,345,678 bytes (11.8 MiB): exact, and readable."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        return _fmt(n)
+    size, unit = float(n), "bytes"
+    for u in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, u
+    return f"{n:,} bytes" if unit == "bytes" else f"{n:,} bytes ({size:.1f} {unit})"
+
+
 def load_accuracy(path: str, text: str) -> pd.Series:
     """{concept: accuracy}; the frequency_determines_performance layout {"classwise": {...}} is accepted too."""
     try:
@@ -254,24 +360,82 @@ def count_bins(max_count: int) -> tuple[list[float], list[str]]:
     return edges, labels
 
 
-def plot_tail_histogram(tables: Mapping[str, pd.DataFrame]) -> bytes:
-    """Concepts per count decade (0, 1-9, 10-99, ...), one bar group per step."""
+def tail_histogram_figure(tables: Mapping[str, pd.DataFrame]):
+    """Concepts per count band (0, 1-9, 10-99, ...), one bar group per step, on a log axis.
+
+    On a MetaCLIP list the zero band holds most entries (148,309 of 148,730 in the demo), so
+    on a linear axis every other band is a flat line; on a log axis each band is visible and
+    every bar carries its count.
+    """
     plt = _pyplot()
-    top = max((int(t["count"].max()) for t in tables.values() if len(t)), default=0)
-    edges, labels = count_bins(top)
+    bands = band_counts(tables)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    width = 0.8 / max(1, len(tables))
-    pos = np.arange(len(labels))
-    for k, (step, table) in enumerate(tables.items()):
-        c = table["count"].to_numpy()
-        hist = [int((c == 0).sum())] + [int(((c >= a) & (c < b)).sum()) for a, b in zip(edges[1:-1], edges[2:], strict=True)]
-        ax.bar(pos + k * width, hist, width=width, label=step)
-    ax.set_xticks(pos + width * (len(tables) - 1) / 2, labels, rotation=30, fontsize=8)
+    width = 0.8 / max(1, len(bands.columns))
+    pos = np.arange(len(bands))
+    for k, step in enumerate(bands.columns):
+        values = bands[step].to_numpy()
+        bars = ax.bar(pos + k * width, values, width=width, label=step)
+        ax.bar_label(bars, labels=[f"{v:,}" if v else "" for v in values], fontsize=6, rotation=90, padding=2)
+    ax.set_yscale("log")
+    # Bottom below 1 so that a band of one concept is a visible bar; headroom for the labels.
+    ax.set_ylim(0.5, max(1, int(bands.to_numpy().max(initial=0))) * 30)
+    ax.set_xticks(pos + width * (len(bands.columns) - 1) / 2, list(bands.index), rotation=30, fontsize=8)
     ax.set_xlabel("texts per concept")
-    ax.set_ylabel("concepts")
+    ax.set_ylabel("concepts (log scale)")
     ax.set_title("Concepts per frequency band")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def plot_tail_histogram(tables: Mapping[str, pd.DataFrame]) -> bytes:
+    """The band chart of `tail_histogram_figure` as PNG bytes."""
+    return _png(tail_histogram_figure(tables))
+
+
+KEPT_COLOUR = "#2ca02c"
+
+
+def funnel_figure(funnel: pd.DataFrame):
+    """One horizontal bar per row stage, top to bottom in pipeline order: kept, then each drop reason, stacked."""
+    plt = _pyplot()
+    stages = list(dict.fromkeys(funnel["stage"]))
+    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.45 * max(1, len(stages))))
+    if not stages:
+        ax.text(0.5, 0.5, "no stage decided rows", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    # Green for kept; the drop reasons take tab20's other colours, the same colour for a reason in every stage.
+    palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (4, 5)]
+    reasons = list(dict.fromkeys(o for o in funnel["outcome"] if o != "kept"))
+    colour = {"kept": KEPT_COLOUR, **{r: palette[i % len(palette)] for i, r in enumerate(reasons)}}
+    top = max(1, int(funnel.groupby("stage")["rows_in"].first().max()), int(funnel.groupby("stage")["rows"].sum().max()))
+    legend: set[str] = set()
+    for y, stage in enumerate(stages):
+        part = funnel[funnel["stage"] == stage]
+        left = 0
+        for outcome, n in zip(part["outcome"], part["rows"], strict=True):
+            ax.barh(y, n, left=left, height=0.7, color=colour[outcome], edgecolor="white", linewidth=0.5,
+                    label=outcome if outcome not in legend else "_nolegend_")
+            legend.add(outcome)
+            if n >= 0.08 * top:  # a count inside the segment where it fits; the table has all of them
+                ax.text(left + n / 2, y, f"{n:,}", ha="center", va="center", fontsize=7)
+            left += int(n)
+        kept = part[part["outcome"] == "kept"].iloc[0]
+        ax.text(left + 0.01 * top, y, f"{int(kept['rows']):,} of {int(kept['rows_in']):,} kept "
+                f"({_percent(int(kept['rows']), int(kept['rows_in']))})", va="center", fontsize=8)
+    ax.set_yticks(range(len(stages)), stages)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.45)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{int(v):,}"))
+    ax.set_xlabel("rows")
+    ax.set_title("Rows kept and dropped, per stage")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+def plot_funnel(funnel: pd.DataFrame) -> bytes:
+    """The funnel chart of `funnel_figure` as PNG bytes."""
+    return _png(funnel_figure(funnel))
 
 
 def plot_accuracy(freq: pd.Series, acc: pd.Series, fit: Mapping[str, Any]) -> bytes:
@@ -410,6 +574,11 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(_clean(obj), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
+def _lines(names: list[str]) -> bytes:
+    """One name a line: the text list that `load_concepts` reads back (MetaCLIP's entries are single lines)."""
+    return "".join(f"{n}\n" for n in names).encode()
+
+
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -485,15 +654,21 @@ def write_report(
     freq = pd.concat([tab.assign(step=step) for step, tab in tables.items()], ignore_index=True)
     freq = freq[["step", "concept", "count", "rank", "share", "cumulative_share", "bucket"]]
 
+    funnel = funnel_table(stats)
+    never = never_matched(counts["matched"])
+
     files: dict[str, bytes] = {
         "concept_frequency.parquet": _parquet_bytes(freq),
         "long_tail.json": _json_bytes(long_tail),
+        "funnel.png": plot_funnel(funnel),
         "rank_frequency.png": plot_rank_frequency(tables, t),
         "tail_histogram.png": plot_tail_histogram(tables),
+        "never_matched.txt": _lines(never),
     }
     coverage = concept_coverage(run, concepts_file)
     if coverage is not None:
         files["downstream_coverage.parquet"] = _parquet_bytes(coverage)
+        files["never_matched_concepts.txt"] = _lines(never_matched(coverage[coverage["step"] == "matched"].set_index("concept")["count"]))
     fit = None
     if acc is not None:
         if coverage is not None:
@@ -513,8 +688,9 @@ def write_report(
         files["accuracy_vs_frequency.png"] = plot_accuracy(f, acc, fit)
     run_json = run.fs.read_json(f"{run.root}/run.json") if run.fs.exists(f"{run.root}/run.json") else {}
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    files["report.html"] = render_html(run_root, generated, tables, long_tail, coverage, fit, files, stats).encode()
-    files["datacard.md"] = render_datacard(run_root, generated, run_json, stats, long_tail, coverage, fit).encode()
+    export = export_summary(run_root, stats)
+    files["report.html"] = render_html(run_root, generated, tables, long_tail, coverage, fit, files, stats, funnel, export).encode()
+    files["datacard.md"] = render_datacard(run_root, generated, run_json, stats, long_tail, coverage, fit, len(never), export).encode()
 
     log.info("report: %d steps, %d entries -> %s/report.html", len(tables), len(entries), out_dir)
     return {
@@ -523,6 +699,7 @@ def write_report(
         "html": f"{out_dir}/report.html",
         "files": sorted(files),
         "steps": list(tables),
+        "never_matched": len(never),
         "long_tail": _clean(long_tail),
         "accuracy_fit": _clean(fit),
     }
@@ -572,6 +749,44 @@ def _img(files: Mapping[str, bytes], name: str, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
+def _funnel_html(funnel: pd.DataFrame) -> str:
+    """The funnel as a table: a row per stage and outcome (kept, then each drop reason), as in the chart."""
+    head = "<tr><th>stage</th><th>rows in</th><th>outcome</th><th>rows</th><th>share of the stage's input</th></tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(r.stage)}</td><td>{r.rows_in:,}</td><td>{html.escape(r.outcome)}</td>"
+        f"<td>{r.rows:,}</td><td>{_percent(r.rows, r.rows_in)}</td></tr>"
+        for r in funnel.itertuples(index=False)
+    )
+    return f'<table class="funnel">{head}{body}</table>'
+
+
+def _names(names: list[str], most: int = RAREST_LISTED) -> str:
+    shown = ", ".join(html.escape(n) for n in names[:most])
+    return shown + (f" and {len(names) - most:,} more" if len(names) > most else "")
+
+
+def _rarest_html(step: str, table: pd.DataFrame, never: set[str]) -> list[str]:
+    """A step's rarest concepts that occur, and its zero counts as one figure (never matched, or lost since)."""
+    zero = table.loc[table["count"] == 0, "concept"].tolist()
+    lost = sorted(c for c in zero if c not in never)
+    link = '<a href="never_matched.txt">never_matched.txt</a>'
+    if step == "matched":
+        note = f"Entries never matched: {len(zero):,} of {len(table):,}, listed in {link}."
+    else:
+        note = (f"Entries with no text at this step: {len(zero):,} of {len(table):,} (never matched: "
+                f"{len(zero) - len(lost):,}, listed in {link}; lost since matching: {len(lost):,}"
+                + (f": {_names(lost)})." if lost else ")."))
+    out = [f"<h3>Rarest that occur</h3><p class=\"note\">{note}</p>"]
+    shown = rarest(table)
+    out.append(_df_table(shown, "frequency") if len(shown) else '<p class="note">No entry has a text at this step.</p>')
+    return out
+
+
+def _export_html(export: Mapping[str, str]) -> str:
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in export.items())
+    return f'<h2>Export</h2><table class="export"><tr><th>item</th><th>value</th></tr>{body}</table>'
+
+
 def render_html(
     run_root: str,
     generated: str,
@@ -581,8 +796,15 @@ def render_html(
     fit: Mapping[str, Any] | None,
     files: Mapping[str, bytes],
     stats: Mapping[str, Mapping[str, Any]],
+    funnel: pd.DataFrame | None = None,
+    export: Mapping[str, str] | None = None,
 ) -> str:
-    """One self-contained page: inline CSS, plots as base64 data URIs, no scripts, no external resources."""
+    """One self-contained page: inline CSS, plots as base64 data URIs, no scripts, no external resources.
+
+    The only links are relative ones to the text files beside it in the reports folder.
+    """
+    funnel = funnel_table(stats) if funnel is None else funnel
+    never = set(tables["matched"].loc[tables["matched"]["count"] == 0, "concept"]) if "matched" in tables else set()
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>Curation report: {html.escape(run_root)}</title><style>{_CSS}</style></head><body>",
@@ -592,24 +814,37 @@ def render_html(
         "over non-zero counts.</p>",
         "<h2>Stages</h2>",
         _kv_table({s: {k: v for k, v in st.items() if k in ("rows_in", "kept", "dropped_total", "dropped", "seconds", "texts", "entries", "t", "expected_kept")} for s, st in stats.items()}, "stages"),
+        "<h2>Funnel: rows kept and dropped per stage</h2>",
+        '<p class="note">Every stage that decides rows, in pipeline order: the rows it read, kept, and dropped '
+        "per reason (each dropped row is in the run's decisions ledger with its reason).</p>",
+        _img(files, "funnel.png", "rows kept and dropped per reason at every stage"),
+        _funnel_html(funnel),
+    ]
+    if export is not None:
+        parts.append(_export_html(export))
+    parts += [
         "<h2>Long tail</h2>",
         _kv_table(long_tail, "long-tail"),
         _img(files, "rank_frequency.png", "rank-frequency plot, log-log"),
-        _img(files, "tail_histogram.png", "concepts per frequency band"),
+        _img(files, "tail_histogram.png", "concepts per frequency band, log scale"),
     ]
     for step, table in tables.items():
         parts.append(f"<h2>Concept frequency: {html.escape(step)}</h2><h3>Most frequent</h3>")
-        parts.append(_df_table(table.head(RAREST_LISTED), "frequency"))
-        parts.append("<h3>Rarest</h3>")
-        parts.append(_df_table(table.tail(RAREST_LISTED).iloc[::-1], "frequency"))
+        top = table[table["count"] > 0].head(RAREST_LISTED)
+        parts.append(_df_table(top, "frequency") if len(top) else '<p class="note">No entry has a text at this step.</p>')
+        parts += _rarest_html(step, table, never)
     if coverage is not None:
         wide = coverage.pivot_table(index="concept", columns="step", values="count", aggfunc="sum")
         syn = coverage[coverage["step"] == "matched"].set_index("concept")[["most_common_synonym", "most_common_synonym_count"]]
         cov = wide.join(syn, how="left").reset_index()
-        cov = cov.sort_values(["matched" if "matched" in cov else cov.columns[1], "concept"], kind="mergesort")
-        parts.append(f"<h2>Downstream coverage ({len(cov)} concepts, rarest first)</h2>")
-        parts.append(f"<p class=\"note\">{int((cov.get('matched', pd.Series(dtype=float)) == 0).sum())} concepts have no matching text.</p>")
-        parts.append(_df_table(cov.head(RAREST_LISTED * 2), "coverage"))
+        first = "matched" if "matched" in cov else cov.columns[1]
+        cov = cov.sort_values([first, "concept"], kind="mergesort")
+        zero = int((cov[first] == 0).sum())
+        parts.append(f"<h2>Downstream coverage ({len(cov)} concepts, rarest that occur first)</h2>")
+        parts.append(f"<p class=\"note\">Concepts with no matching text: {zero:,} of {len(cov):,}, listed in "
+                     '<a href="never_matched_concepts.txt">never_matched_concepts.txt</a>.</p>')
+        shown = cov[cov[first] > 0].head(RAREST_LISTED * 2)
+        parts.append(_df_table(shown, "coverage") if len(shown) else '<p class="note">No concept has a matching text.</p>')
     if fit is not None:
         parts.append("<h2>Accuracy vs frequency</h2>")
         parts.append(_kv_table({"fit": fit}, "accuracy-fit"))
@@ -626,6 +861,8 @@ def render_datacard(
     long_tail: Mapping[str, Any],
     coverage: pd.DataFrame | None,
     fit: Mapping[str, Any] | None,
+    never_count: int | None = None,
+    export: Mapping[str, str] | None = None,
 ) -> str:
     """A data card (in the spirit of "The Dataset Nutrition Label"): inputs, every step's config and counts, outputs."""
     lines = [f"# Data card: `{run_root}`", "", f"Generated {generated}.", "", "## What went in", ""]
@@ -657,13 +894,20 @@ def render_datacard(
     last = [s for s in stats if "kept" in stats[s]]
     if last:
         lines.append(f"- final stage `{last[-1]}`: {stats[last[-1]]['kept']} texts in `{run_root}/{last[-1]}/data`")
+    if export is not None:
+        lines += ["", "### Export", ""] + [f"- {k}: {v}" for k, v in export.items()] + ["", "### Long tail"]
     lines += ["", "| statistic | " + " | ".join(long_tail) + " |", "|---|" + "---|" * len(long_tail)]
     keys = [k for k in next(iter(long_tail.values()), {})]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_fmt(long_tail[s].get(k)) for s in long_tail) + " |")
+    lines.append("")
+    if never_count is not None:
+        total = long_tail.get("matched", {}).get("concepts", "?")
+        lines.append(f"- metadata entries never matched: {never_count:,} of {_count(total)} (`reports/never_matched.txt`)")
     if coverage is not None:
         m = coverage[coverage["step"] == "matched"]
-        lines += ["", f"- downstream concepts: {len(m)}, with no matching text: {int((m['count'] == 0).sum())}"]
+        lines.append(f"- downstream concepts: {len(m)}, with no matching text: {int((m['count'] == 0).sum())} "
+                     "(`reports/never_matched_concepts.txt`)")
     if fit is not None:
         lines += [f"- accuracy vs log10 frequency: slope {_fmt(fit.get('slope'))}, r {_fmt(fit.get('pearson_r'))}, n {fit.get('n')}"]
     lines += ["", "Known limits: counts are substring matches of the metadata entries (MetaCLIP); "
