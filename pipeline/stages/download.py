@@ -67,7 +67,11 @@ class DownloadConfig:
     # Fetch again only the uids whose last status is download_failed, into new shards beside
     # the earlier ones (an action on a complete stage, not a setting of what it makes).
     retry_failed: bool = False
+    # Blur the boxes of the input's face_bboxes column (DataComp's face boxes, [x1, y1, x2, y2]
+    # as fractions of width and height) with img2dataset's bounding-box blurrer before storing.
+    blur_faces: bool = False
 
+    BBOX_COLUMN: typing.ClassVar[str] = "face_bboxes"
     RESIZE_MODES: typing.ClassVar[tuple[str, ...]] = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
     OUTPUT_FORMATS: typing.ClassVar[tuple[str, ...]] = ("webdataset", "parquet")
     ENCODE_FORMATS: typing.ClassVar[tuple[str, ...]] = ("jpg", "png", "webp")
@@ -155,6 +159,24 @@ def choose_distributor(spark, setting: str) -> str:
     return "multiprocessing" if spark.sparkContext.master.startswith("local") else "pyspark"
 
 
+def _check_face_bboxes(df, column: str) -> None:
+    """blur_faces needs `column` as a list of [x1, y1, x2, y2] number lists: a one-line error otherwise."""
+    from pyspark.sql import types as T
+
+    if column not in df.columns:
+        raise ConfigError(
+            f"download.blur_faces: the input has no {column} column to blur; columns present: {', '.join(df.columns)}"
+        )
+    kind = df.schema[column].dataType
+    if not (
+        isinstance(kind, T.ArrayType) and isinstance(kind.elementType, T.ArrayType)
+        and isinstance(kind.elementType.elementType, T.NumericType)
+    ):
+        raise ConfigError(
+            f"download.blur_faces: column {column} is {kind.simpleString()}, not a list of [x1, y1, x2, y2] number lists"
+        )
+
+
 def fetch_images(
     input_dir: str, shards_dir: str, work_dir: str, cfg, with_text: bool, start_shard: int, distributor: str, policy
 ) -> None:
@@ -181,10 +203,18 @@ def fetch_images(
     fs, _ = fsspec.core.url_to_fs(shards_dir)
     for folder in (shards_dir, work_dir):
         fs.makedirs(fsspec.core.url_to_fs(folder)[1], exist_ok=True)
+    # With blur_faces the boxes ride along in each shard; img2dataset's downloader hands a row's
+    # boxes to the resizer, which blurs them (rows with null boxes are stored as they are).
+    bbox_col = cfg.BBOX_COLUMN if cfg.blur_faces else None
     reader = Reader(
-        input_dir, "parquet", "url", "text" if with_text else None, None, None, ["uid"],
+        input_dir, "parquet", "url", "text" if with_text else None, None, None, ["uid", *([bbox_col] if bbox_col else [])],
         cfg.samples_per_shard, set(), work_dir, start_shard,
     )
+    blurrer = None
+    if bbox_col:
+        from img2dataset.blurrer import BoundingBoxBlurrer
+
+        blurrer = BoundingBoxBlurrer()
     resizer = BoundedResizer(
         image_size=cfg.image_size,
         resize_mode=cfg.resize_mode,
@@ -192,6 +222,7 @@ def fetch_images(
         encode_quality=cfg.encode_quality,
         encode_format=cfg.encode_format,
         max_image_pixels=cfg.max_image_pixels,
+        blurrer=blurrer,
     )
     downloader = GuardedDownloader(
         sample_writer_class=WebDatasetSampleWriter if cfg.output_format == "webdataset" else ParquetSampleWriter,
@@ -211,6 +242,7 @@ def fetch_images(
         user_agent_token=cfg.user_agent_token,
         # img2dataset's defaults: honour X-Robots-Tag noai/noindex opt-outs.
         disallowed_header_directives=["noai", "noimageai", "noindex", "noimageindex"],
+        blurring_bbox_col=bbox_col,
         guard=policy,
     )
     # img2dataset's progress: per-shard and total speed and the error table, from its stats files.
@@ -376,6 +408,8 @@ def run(ctx: Context) -> Output:
     source = ctx.input().path
     df = spark.read.parquet(source)
     require_columns(df, ("uid", "url"), STAGE_NAME)
+    if d.blur_faces:
+        _check_face_bboxes(df, d.BBOX_COLUMN)
     with_text = "text" in df.columns
     if not with_text:
         df = df.withColumn("text", F.lit(None).cast("string"))
@@ -422,7 +456,8 @@ def run(ctx: Context) -> Output:
     distributor = choose_distributor(spark, d.distributor)
     t_fetch = time.time()
     if n_allowed:
-        allowed.select("uid", "url", "text").orderBy("uid").write.parquet(ctx.scratch("input"))
+        boxes = [F.col(d.BBOX_COLUMN).cast("array<array<double>>")] if d.blur_faces else []
+        allowed.select("uid", "url", "text", *boxes).orderBy("uid").write.parquet(ctx.scratch("input"))
         log.info("download: fetching %d of %d urls with img2dataset (%s distributor)", n_allowed, n_todo, distributor)
         fetch_images(ctx.scratch("input"), shards_dir, ctx.scratch("work"), d, with_text, start_shard, distributor, policy)
     else:

@@ -3,7 +3,7 @@
 A raw frame has `url`, `text`, `image_ref`, `_uid_given` (the user's uid or null),
 `_malformed` (the raw record when the row could not be parsed, else null),
 `_text_invalid_utf8` (the caption's bytes were not valid UTF-8) and any extra columns worth
-keeping (width, height, scores, source_key, license).
+keeping (width, height, scores, source_key, license, face_bboxes).
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ VALID_UTF8_MULTIBYTE = (
     r"|\xED[\x80-\x9F][\x80-\xBF]|\xF0[\x90-\xBF][\x80-\xBF]{2}|[\xF1-\xF3][\x80-\xBF]{3}"
     r"|\xF4[\x80-\x8F][\x80-\xBF]{2}"
 )
-EXTRA_COLUMNS = ("width", "height", "image_ref", "source_key", "license")
+EXTRA_COLUMNS = ("width", "height", "image_ref", "source_key", "license", "face_bboxes")
+# DataComp's face boxes: per sample a list of [x1, y1, x2, y2], fractions of the image's width
+# and height; the download stage hands them to img2dataset's blurring (download.blur_faces).
+FACE_BBOXES = "face_bboxes"
 
 
 class InputError(UserError):
@@ -184,11 +187,29 @@ def _normalise(df: DataFrame, cfg: IngestConfig, fmt: str, force_uid: str | None
     if "license" in cols:
         select.append(F.col("license").cast("string").alias("license"))
         extras.append("license")
+    if FACE_BBOXES in cols:
+        boxes = _face_bboxes(df, FACE_BBOXES)
+        if boxes is not None:
+            select.append(boxes.alias(FACE_BBOXES))
+            extras.append(FACE_BBOXES)
     for c in scores:
         select.append(F.col(f"`{c}`").cast("double").alias(c))
         extras.append(c)
     log.info("ingest %s: text=%s url=%s uid=%s", fmt, text_c, url_c, uid_c or "(hash of url+text)")
     return RawPool(df.select(*select), fmt, uid_c, tuple(extras))
+
+
+def _face_bboxes(df: DataFrame, name: str) -> Column | None:
+    """The boxes as array<array<double>> when the column is a list of numeric lists, else None (warned)."""
+    kind = df.schema[name].dataType
+    if (
+        isinstance(kind, T.ArrayType)
+        and isinstance(kind.elementType, T.ArrayType)
+        and isinstance(kind.elementType.elementType, T.NumericType)
+    ):
+        return F.col(f"`{name}`").cast("array<array<double>>")
+    log.warning("ingest: column %s is %s, not a list of [x1, y1, x2, y2] lists; not kept", name, kind.simpleString())
+    return None
 
 
 def _latin1_bytes(c: Column) -> Column:
