@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -53,15 +52,11 @@ from pathlib import Path
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "anchors" / "data"
-sys.path.insert(0, str(REPO))
+from bench_match_kernel import DATA  # noqa: E402  (also puts the repository on sys.path)
+from bench_match_kernel import SOURCES as CAPTION_SOURCES  # noqa: E402
 
 SOURCES = {
-    "laion": "img2dataset/tests/test_files/test_10000.parquet",
-    "cc3m": "M2IB/Validation_GCC-1.1.0-Validation.tsv",
-    "coco": "Bangla_Image_Captioning/captions_val2017.json",
-    "flickr8k": "image_caption_generator/Flickr8k.token.txt",
+    **CAPTION_SOURCES,  # LAION, CC3M, COCO, Flickr8k, as the matcher's benchmark reads them
     "fondant": "fondant/playground/some-cool-pipeline/data/cool-pipeline/cool-pipeline-20231110150133/"
     "load_from_hub/images/part.0.parquet",
     "fondant_dedup": "fondant/examples/pipelines/commoncrawl/components/image_url_deduplication/"

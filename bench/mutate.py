@@ -115,8 +115,8 @@ MUTATIONS = (
     # --- clustering (MISSION.md stage 8) ------------------------------------------------------
     Mutation("cluster-sample-seed", "pipeline/stages/cluster.py", "key = F.xxhash64(F.lit(int(seed)), F.col(\"uid\"))",
              'key = F.xxhash64(F.col("uid"))', CLUSTER_TESTS, "k-means sample ignores the seed"),
-    Mutation("cluster-sample-order", "pipeline/stages/cluster.py", '.orderBy("_key", "uid").limit(n)',
-             '.orderBy(F.col("_key").desc(), "uid").limit(n)', CLUSTER_TESTS,
+    Mutation("cluster-sample-order", "pipeline/stages/cluster.py", '.orderBy("_key", "uid")\n',
+             '.orderBy(F.col("_key").desc(), "uid")\n', CLUSTER_TESTS,
              "k-means sample takes the largest hashes"),
     Mutation("cluster-export-id", "pipeline/stages/cluster.py", "pa.array(ids[:, 0], pa.int32(), mask=invalid)",
              "pa.array(ids[:, -1], pa.int32(), mask=invalid)", CLUSTER_TESTS,

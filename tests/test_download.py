@@ -610,6 +610,7 @@ def test_export_shards_hold_exactly_the_kept_samples_and_rerun_byte_identical(sp
     assert seen == dict.fromkeys(kept, 1)  # every kept uid in exactly one tar
     sizes = json.loads(Path(run, "export", "shards", "sizes.json").read_text())
     assert sizes == per_shard and set(sizes.values()) <= {3, len(kept) % 3 or 3}
+    assert Path(run, "export", "shards", "__len__").read_text() == f"{len(kept)}\n"
     assert result.stats["shards"]["total"] == len(kept) and result.stats["kept"] == len(kept)
     # These uids are not 32 hex digits: a plain sorted list, and the reason in stats.
     assert Path(run, "export", "uids.txt").read_text().split("\n")[:-1] == sorted(kept)

