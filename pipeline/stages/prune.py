@@ -21,7 +21,6 @@ rank`) decides DBP and the cap together: kept iff position <= min(quota_j, M).
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -92,10 +91,11 @@ def with_similarity(members, block_size: int):
     Per cluster, adds rank, max_sim_earlier, most_similar_uid (null for invalid rows); drops _emb.
     Other columns pass through.
 
-    The rows are hash-partitioned by cluster and sorted by it within each partition, and one
-    `mapInArrow` pass walks each partition's clusters in turn: a whole cluster is in one task,
-    without Spark's per-group machinery (which cost more than SemDeDup itself). Memory: one
-    cluster's n_j x dim floats plus one block_size x block_size block.
+    One `applyInArrow` call per cluster: a whole cluster is in one task. (A hash partition by
+    cluster, a sort within partitions and one `mapInArrow` walking each partition's clusters
+    measured the same, 16.1 vs 16.3 s at 1M rows and k=1000, 6.9-7.5 s either way at 200k and
+    k=200: Spark 4's per-group machinery is not what costs here.) Memory: one cluster's
+    n_j x dim floats plus one block_size x block_size block.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -134,24 +134,7 @@ def with_similarity(members, block_size: int):
             invalid = invalid.append_column(name, column)
         return pa.concat_tables([out, invalid.cast(out.schema)])
 
-    def per_partition(batches):
-        pending: list[pa.Table] = []
-        current = None
-        for batch in batches:
-            part = pa.Table.from_batches([batch])
-            ids = part.column("cluster_id").fill_null(-1).to_numpy()
-            cuts = [0, *(np.flatnonzero(np.diff(ids)) + 1).tolist(), len(ids)]
-            for a, b in itertools.pairwise(cuts):
-                if current is not None and ids[a] != current:
-                    yield from per_cluster(pa.concat_tables(pending)).to_batches()
-                    pending = []
-                current = ids[a]
-                pending.append(part.slice(a, b - a))
-        if pending:
-            yield from per_cluster(pa.concat_tables(pending)).to_batches()
-
-    by_cluster = members.repartition("cluster_id").sortWithinPartitions("cluster_id")
-    return by_cluster.mapInArrow(per_partition, out_schema)
+    return members.groupBy("cluster_id").applyInArrow(per_cluster, out_schema)
 
 
 def with_rank(members):
