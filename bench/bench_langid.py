@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -52,7 +50,8 @@ from pathlib import Path
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from bench_match_kernel import DATA  # noqa: E402  (also puts the repository on sys.path)
+import bench_match_kernel  # noqa: E402  (also puts the repository on sys.path)
+from bench_match_kernel import DATA  # noqa: E402
 from bench_match_kernel import SOURCES as CAPTION_SOURCES  # noqa: E402
 
 SOURCES = {
@@ -63,7 +62,6 @@ SOURCES = {
     "tests/test_data/part.0.parquet",
 }
 ENGLISH_SETS = ("cc3m", "coco", "flickr8k")
-_FLICKR_LINE = re.compile(r"^\S+#\d+\s+(.*?)\s*$")  # `img.jpg#k<TAB or space>caption`
 # Deprecated ISO 639-1 codes some models still emit, and their labels for "unknown".
 _OLD_CODES = {"iw": "he", "in": "id", "ji": "yi", "jw": "jv"}
 _UNKNOWN = {"un", "und", "xx", "xxx", "zxx", ""}
@@ -75,14 +73,7 @@ def load_captions(per_source: int | None) -> dict[str, list[str]]:
     """The real captions of each source, non-blank, at most `per_source` from each."""
     import pyarrow.parquet as pq
 
-    out: dict[str, list[str]] = {}
-    out["laion"] = pq.read_table(DATA / SOURCES["laion"], columns=["TEXT"]).column("TEXT").to_pylist()
-    with open(DATA / SOURCES["cc3m"], encoding="utf-8") as f:
-        out["cc3m"] = [line.rstrip("\r\n").split("\t")[0] for line in f if line.strip()]
-    with open(DATA / SOURCES["coco"], encoding="utf-8") as f:
-        out["coco"] = [a["caption"] for a in json.load(f)["annotations"]]
-    with open(DATA / SOURCES["flickr8k"], encoding="utf-8") as f:
-        out["flickr8k"] = [m.group(1) for m in map(_FLICKR_LINE.match, f) if m]
+    out = bench_match_kernel.load_captions()  # LAION, CC3M, COCO, Flickr8k, read as the matcher's bench reads them
     fondant = pq.read_table(DATA / SOURCES["fondant"], columns=["alt+text"]).column("alt+text").to_pylist()
     fondant += pq.read_table(DATA / SOURCES["fondant_dedup"], columns=["alt_text"]).column("alt_text").to_pylist()
     out["fondant"] = fondant

@@ -106,7 +106,7 @@ def run_pipeline(spark, cfg, from_stage: str | None = None, force: bool = False,
 
     A stage whose marker matches its fingerprint (its config and its inputs, including when each
     upstream output was made) is skipped, so a recomputed stage makes every later one recompute.
-    `from_stage` forces that stage (and so every later one); `force` every stage.
+    `from_stage` forces that stage and every later one; `force` every stage.
     Ends with the ledger accounting over the chain of stages the final rows came through.
     """
     if not cfg.run.output:
@@ -130,10 +130,12 @@ def run_pipeline(spark, cfg, from_stage: str | None = None, force: bool = False,
         inputs: dict[str, str | None] = {flag: run.stage_dir(s) for flag, s in picks[name].items()}
         if name == "ingest":
             inputs["input"] = cfg.run.input
-        forced = force or name == from_stage
-        log.info("run [%d/%d] %s%s", i, len(enabled), name, " (forced)" if forced else "")
+        # --from redoes that stage and every later one (export included, which otherwise
+        # refuses to replace a complete export of other inputs).
+        force = force or name == from_stage
+        log.info("run [%d/%d] %s%s", i, len(enabled), name, " (forced)" if force else "")
         t0 = time.time()
-        result = execute(BY_NAME[name], run, cfg, inputs, force=forced, record=False)
+        result = execute(BY_NAME[name], run, cfg, inputs, force=force, record=False)
         out.results[name] = result
         log.info(
             "run [%d/%d] %s: %s in %.1fs", i, len(enabled), name, "skipped (complete)" if result.skipped else "done",

@@ -84,7 +84,7 @@ def config_flags(p: argparse.ArgumentParser, section: str, cls: type) -> None:
         if inner is bool:
             p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(inner) is tuple:
-            p.add_argument(*names, action="append", metavar=f.name.rstrip("s").upper(), **kw)
+            p.add_argument(*names, action="extend", nargs="+", metavar=f.name.rstrip("s").upper(), **kw)
         elif typing.get_origin(inner) is dict:
             continue  # mappings are set in the config file
         else:

@@ -94,3 +94,21 @@ def package_zip(path: Path) -> Path:
                 if f.is_file() and "__pycache__" not in f.parts:
                     z.write(f, f.relative_to(ROOT))
     return path
+
+
+def tar_samples(shards_dir) -> list[tuple[str, str, dict[str, bytes]]]:
+    """(tar file name, sample key, {extension: bytes}) for every sample of a folder of WebDataset
+    tars, read with tarfile, in file and member order."""
+    import glob
+    import tarfile
+
+    out = []
+    for path in sorted(glob.glob(f"{shards_dir}/*.tar")):
+        members: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(path) as tf:
+            for m in tf.getmembers():
+                stem, ext = m.name.rsplit(".", 1)
+                members.setdefault(stem, {})[ext] = tf.extractfile(m).read()
+        out += [(Path(path).name, key, files) for key, files in members.items()]
+    return out
+

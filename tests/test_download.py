@@ -8,7 +8,6 @@ import io
 import json
 import shutil
 import struct
-import tarfile
 import time
 import urllib.error
 import zlib
@@ -25,6 +24,7 @@ from pipeline.kernels.urlguard import GuardPolicy, URLRefused, build_opener, che
 from pipeline.localserve import serve_folder
 from pipeline.registry import PipelineConfig
 from pipeline.stages.download import DownloadConfig
+from tests.pipeline_runs import tar_samples
 
 pytest.importorskip("img2dataset")
 
@@ -191,16 +191,10 @@ def check_outcomes(got: dict, expected: dict) -> None:
 def tar_images(shards_dir) -> dict[str, tuple[dict, tuple[int, int], str]]:
     """uid -> (sample json, decoded image size, tar file name), read from the tars with tarfile + PIL."""
     out = {}
-    for path in sorted(glob.glob(f"{shards_dir}/*.tar")):
-        members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(path) as tf:
-            for m in tf.getmembers():
-                stem, ext = m.name.rsplit(".", 1)
-                members.setdefault(stem, {})[ext] = tf.extractfile(m).read()
-        for key, files in members.items():
-            meta = json.loads(files["json"])
-            assert meta["key"] == key
-            out[meta["uid"]] = (meta, Image.open(io.BytesIO(files["jpg"])).size, path.rsplit("/", 1)[1])
+    for tar_name, key, files in tar_samples(shards_dir):
+        meta = json.loads(files["json"])
+        assert meta["key"] == key
+        out[meta["uid"]] = (meta, Image.open(io.BytesIO(files["jpg"])).size, tar_name)
     return out
 
 
@@ -569,15 +563,7 @@ def test_real_commoncrawl_images_through_the_cli(spark, tmp_path, capfd):
 
 def _download_images(run: str) -> dict[tuple[str, str], bytes]:
     """(download tar, img2dataset key) -> the image bytes stored there."""
-    import tarfile
-
-    out = {}
-    for tar_path in sorted(Path(run, "download", "shards").glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".jpg"):
-                    out[(tar_path.name, m.name[: -len(".jpg")])] = tar.extractfile(m).read()
-    return out
+    return {(tar, key): files["jpg"] for tar, key, files in tar_samples(f"{run}/download/shards") if "jpg" in files}
 
 
 def test_export_shards_hold_exactly_the_kept_samples_and_rerun_byte_identical(spark, first_run):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import io
 import json
-import tarfile
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +15,7 @@ from pipeline.core.config import ConfigError
 from pipeline.localserve import serve_folder
 from pipeline.registry import PipelineConfig
 from pipeline.stages.download import DownloadConfig
+from tests.pipeline_runs import tar_samples
 
 pytest.importorskip("img2dataset")
 
@@ -49,16 +48,7 @@ def grey(data: bytes) -> np.ndarray:
 
 def tar_jpegs(shards_dir: str) -> dict[str, bytes]:
     """uid -> the stored image bytes, read from the download stage's tars."""
-    out = {}
-    for path in sorted(glob.glob(f"{shards_dir}/*.tar")):
-        members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(path) as tf:
-            for m in tf.getmembers():
-                stem, ext = m.name.rsplit(".", 1)
-                members.setdefault(stem, {})[ext] = tf.extractfile(m).read()
-        for files in members.values():
-            out[json.loads(files["json"])["uid"]] = files["jpg"]
-    return out
+    return {json.loads(files["json"])["uid"]: files["jpg"] for _, _, files in tar_samples(shards_dir)}
 
 
 def config(blur: bool) -> PipelineConfig:

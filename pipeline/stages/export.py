@@ -75,7 +75,7 @@ def plan(ctx: Context) -> Plan:
     if marker is not None and not ctx.force and marker.get("fingerprint") != fingerprint(ctx, plan):
         raise ExportError(
             f"export: {ctx.dir} holds a complete export of other inputs or settings; pass --force to replace it "
-            "(a training job may be reading its shards)"
+            "(`curate run --from export`) - a training job may be reading its shards"
         )
     return plan
 
