@@ -18,6 +18,7 @@ DUPLICATE_URL_TEXT = "duplicate_url_text"
 # later stages (match, balance, download, embed, prune) add theirs here.
 NO_CONCEPT_MATCH = "no_concept_match"
 BALANCED_OUT = "balanced_out"
+ALT_TEXT_NOT_CHOSEN = "alt_text_not_chosen"  # another alt-text of the same image was chosen
 
 # download
 URL_REFUSED = "url_refused"  # scheme or resolved address refused by the URL guard

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import string
 import threading
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,21 @@ log = logging.getLogger(__name__)
 
 MODES = ("metaclip", "case_insensitive")
 BACKENDS = ("ahocorasick_rs", "pyahocorasick")
+# "spaces": MetaCLIP 1, every entry is matched as " entry ". "cjk_aware": MetaCLIP 2, no space
+# next to a character of a script written without spaces (or a punctuation mark), so a Chinese
+# or Thai entry can match inside a run of text.
+PADDINGS = ("spaces", "cjk_aware")
+# MetaCLIP 2's "CJK or similar" code point blocks: CJK ideographs (unified, extensions A-F,
+# compatibility, radicals, Kangxi, description characters), then Thai, Lao, Burmese, Khmer and
+# Tibetan. Kana and Hangul are not in the published list, so a kana-initial entry needs a space.
+_NO_SPACE_BLOCKS = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF), (0x2CEB0, 0x2EBEF), (0xF900, 0xFAFF), (0x2E80, 0x2EFF), (0x2F00, 0x2FDF),
+    (0x2FF0, 0x2FFF), (0x0E00, 0x0E7F), (0x0E80, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF),
+    (0x0F00, 0x0FFF),
+)
+# ASCII punctuation plus the full-width and CJK marks MetaCLIP 2 lists.
+_PUNCTUATION = frozenset(string.punctuation) | frozenset("，。、；：？！“”‘’（）【】《》〈〉「」『』～—")
 # The marks MetaCLIP wraps in spaces; pipeline.concepts.metadata tokenises with them too, so this module
 # must not import metadata.
 WRAPPED = ",.;:?!`"
@@ -35,6 +51,25 @@ def spaced(text: str, mode: str = "metaclip") -> str:
     if mode == "case_insensitive":
         text = text.lower()
     return " " + text.translate(_SPACING) + " "
+
+
+def is_cjk_or_similar(char: str) -> bool:
+    """MetaCLIP 2's test for a character that takes no space beside it in an entry's padding."""
+    if char in _PUNCTUATION:
+        return True
+    code = ord(char)
+    return any(lo <= code <= hi for lo, hi in _NO_SPACE_BLOCKS)
+
+
+def pad_entry(entry: str, padding: str = "spaces") -> str:
+    """The pattern an entry is searched as in a spaced text."""
+    if padding == "spaces" or not entry:
+        return f" {entry} "
+    if padding != "cjk_aware":
+        raise ValueError(f"unknown entry padding {padding!r}; known: {', '.join(PADDINGS)}")
+    head = "" if is_cjk_or_similar(entry[0]) else " "
+    tail = "" if is_cjk_or_similar(entry[-1]) else " "
+    return f"{head}{entry}{tail}"
 
 
 def reference_match(text: str | None, entries: Sequence[str], mode: str = "metaclip") -> list[int]:
@@ -58,7 +93,11 @@ def entries_fingerprint(entries: Sequence[str], mode: str) -> str:
 class Matcher:
     """An Aho-Corasick automaton over " entry " patterns, matching a batch of texts per call."""
 
-    def __init__(self, entries: Sequence[str], mode: str = "metaclip", backend: str = "ahocorasick_rs") -> None:
+    def __init__(
+        self, entries: Sequence[str], mode: str = "metaclip", backend: str = "ahocorasick_rs", padding: str = "spaces"
+    ) -> None:
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown entry padding {padding!r}; known: {', '.join(PADDINGS)}")
         if mode not in MODES:
             raise ValueError(f"unknown match mode {mode!r}; known: {', '.join(MODES)}")
         if backend not in BACKENDS:
@@ -69,9 +108,9 @@ class Matcher:
         # One pattern per distinct string; a pattern may stand for several entry ids.
         by_pattern: dict[str, list[int]] = {}
         for i, e in enumerate(entries):
-            pattern = f" {e.lower() if mode == 'case_insensitive' else e} "
-            if _SEP in pattern or "\t" in pattern or "\r" in pattern:
-                continue  # cannot occur in a spaced text
+            pattern = pad_entry(e.lower() if mode == "case_insensitive" else e, padding)
+            if not pattern or _SEP in pattern or "\t" in pattern or "\r" in pattern:
+                continue  # cannot occur in a spaced text (an empty pattern would match everywhere)
             by_pattern.setdefault(pattern, []).append(i)
         self.patterns = list(by_pattern)
         counts = np.fromiter((len(v) for v in by_pattern.values()), np.int64, len(by_pattern))
@@ -158,13 +197,15 @@ _LOCK = threading.Lock()
 _CACHE_SIZE = 2
 
 
-def get_matcher(key: str, entries: Callable[[], Sequence[str]], mode: str, backend: str) -> Matcher:
+def get_matcher(
+    key: str, entries: Callable[[], Sequence[str]], mode: str, backend: str, padding: str = "spaces"
+) -> Matcher:
     """The process-wide matcher for `key`, built on first use and reused by every later batch and task."""
-    full = f"{key}:{mode}:{backend}"
+    full = f"{key}:{mode}:{backend}:{padding}"
     with _LOCK:
         matcher = _CACHE.pop(full, None)
         if matcher is None:
-            matcher = Matcher(entries(), mode, backend)
+            matcher = Matcher(entries(), mode, backend, padding)
             log.info("built %s matcher over %d entries (%d patterns)", backend, matcher.n_entries, len(matcher.patterns))
             while len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.pop(next(iter(_CACHE)))  # least recently used first

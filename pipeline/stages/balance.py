@@ -8,7 +8,7 @@ generator with state, so the subset is the same on any partitioning and any clus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,8 +27,16 @@ class BalanceConfig:
     t: int | None = None
     # ... or the share of all matches that falls in entries with count < t (MetaCLIP 2).
     tail_fraction: float | None = None
+    # Worldwide (per-language metadata): the language whose t is `t`; its tail share sets every
+    # other language's t (MetaCLIP 2). With tail_fraction, every language follows that share.
+    reference_language: str = "en"
+    # Worldwide: fixed t for single languages ({"de": 5000}), over the rule above.
+    t_by_language: dict[str, int] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
+        for lang, value in self.t_by_language.items():
+            if value < 1:
+                raise ConfigError(f"{where}.t_by_language.{lang}: must be >= 1, got {value}")
         if self.t is not None and self.tail_fraction is not None:
             raise ConfigError(f"{where}: give either t or tail_fraction, not both")
         if self.t is not None and self.t < 1:
@@ -40,9 +48,14 @@ class BalanceConfig:
 # --- Spark adapter -------------------------------------------------------------------------
 
 
-def with_balance_decisions(df, p: np.ndarray, seed: int, t: float):
-    """Needs: uid, entry_ids. Adds: keep_prob, _reason ('balanced_out' when not drawn), _detail."""
+def with_balance_decisions(df, p: np.ndarray, seed: int, t: float | str):
+    """Needs: uid, entry_ids. Adds: keep_prob, _reason ('balanced_out' when not drawn), _detail.
+
+    With an `image_uid` column, one text per image is chosen first (MetaCLIP 2): the one with
+    the smallest xxhash64(seed, uid), then uid; the others get 'alt_text_not_chosen'.
+    """
     import pyarrow as pa
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -70,64 +83,145 @@ def with_balance_decisions(df, p: np.ndarray, seed: int, t: float):
             )
 
     out = df.mapInArrow(run, schema)
-    return (
-        out.withColumn("_reason", F.when(~F.col("_keep"), F.lit(R.BALANCED_OUT)))
-        .withColumn("_detail", F.when(~F.col("_keep"), F.format_string(f"p_keep=%.6f at t={t:g}", F.col("keep_prob"))))
-        .drop("_keep")
+    at_t = f"t={t:g}" if isinstance(t, (int, float)) else t
+    drawn_out = ~F.col("_keep")
+    reason, detail = F.when(drawn_out, F.lit(R.BALANCED_OUT)), F.when(
+        drawn_out, F.format_string(f"p_keep=%.6f at {at_t}", F.col("keep_prob"))
     )
+    if "image_uid" in df.columns:
+        image = Window.partitionBy("image_uid")
+        order = image.orderBy(F.xxhash64(F.lit(seed), F.col("uid")), F.col("uid"))
+        out = (
+            out.withColumn("_rank", F.row_number().over(order))
+            .withColumn("_chosen", F.first("uid").over(order))
+            .withColumn("_texts", F.count(F.lit(1)).over(image))
+        )
+        other = F.col("_rank") > 1
+        reason = F.when(other, F.lit(R.ALT_TEXT_NOT_CHOSEN)).otherwise(reason)
+        detail = F.when(
+            other, F.format_string("image %s: text %s chosen of %d", F.col("image_uid"), F.col("_chosen"), F.col("_texts"))
+        ).otherwise(detail)
+    return out.withColumn("_reason", reason).withColumn("_detail", detail).drop("_keep", "_rank", "_chosen", "_texts")
 
 
 # --------------------------------------------------------------------------- the stage
 
 
 def plan(ctx: Context) -> Plan:
-    """t comes from the count stage's entry counts (given, or from the tail fraction)."""
+    """t comes from the count stage's entry counts (given, or from the tail fraction); per language when worldwide."""
     cfg: BalanceConfig = ctx.cfg
     if (cfg.t is None) == (cfg.tail_fraction is None):
         raise ConfigError("balance: give exactly one of --t N or --tail-fraction F")
-    rows = ctx.spark.read.parquet(ctx.input("counts").path).select("entry_id", "count").orderBy("entry_id").toPandas()
+    table = ctx.spark.read.parquet(ctx.input("counts").path)
+    with_language = "language" in table.columns
+    rows = table.select("entry_id", "count", *(["language"] if with_language else [])).orderBy("entry_id").toPandas()
     counts = np.zeros(int(rows.entry_id.max()) + 1 if len(rows) else 0, np.int64)
     counts[rows.entry_id.to_numpy()] = rows["count"].to_numpy()
+    meta = language_metadata(rows) if with_language and rows["language"].notna().any() else None
+    if meta is not None:
+        from pipeline.kernels.worldwide import (
+            language_probabilities,
+            language_thresholds,
+            tail_share,
+        )
+
+        try:
+            t_by, share = language_thresholds(
+                counts, meta, cfg.t, cfg.tail_fraction, cfg.reference_language, cfg.t_by_language
+            )
+        except ValueError as exc:
+            raise ConfigError(f"balance: {exc}") from None
+        probs = language_probabilities(counts, meta, t_by)
+        of = {lang: counts[slice(*meta.span(lang))] for lang in meta.languages}
+        ctx.state.update(
+            probs=probs,
+            t=float(cfg.t) if cfg.t is not None else t_by.get(cfg.reference_language),
+            tail_share=share,
+            worldwide={
+                "reference_language": cfg.reference_language,
+                "p": share,
+                "t_by_language": t_by,
+                "tail_share_by_language": {
+                    lang: tail_share(of[lang], t) if t is not None else None for lang, t in t_by.items()
+                },
+                "head_entries_by_language": {
+                    lang: int((of[lang] >= t).sum()) if t is not None else 0 for lang, t in t_by.items()
+                },
+            },
+        )
+        return Plan(fingerprint={"t_by_language": t_by})
     if cfg.t is not None:
-        t, tail_share = float(cfg.t), float(counts[counts < cfg.t].sum() / max(1, counts.sum()))
+        t, tail_share_ = float(cfg.t), float(counts[counts < cfg.t].sum() / max(1, counts.sum()))
     else:
-        t_int, tail_share = threshold_for_tail_fraction(counts, cfg.tail_fraction)
+        t_int, tail_share_ = threshold_for_tail_fraction(counts, cfg.tail_fraction)
         t = float(t_int)
-    ctx.state.update(counts=counts, t=t, tail_share=tail_share)
+    ctx.state.update(probs=keep_probabilities(counts, t), t=t, tail_share=tail_share_, worldwide=None, counts=counts)
     return Plan(fingerprint={"t": t})
+
+
+def language_metadata(rows):
+    """The languages' id ranges from a worldwide count table (entry_id, language), checked contiguous."""
+    from pipeline.kernels.worldwide import LanguageMetadata
+
+    languages = rows["language"].fillna("").to_numpy()
+    if len(rows) and not np.array_equal(rows.entry_id.to_numpy(), np.arange(len(rows))):
+        raise ValueError("count table: entry ids are not 0..n-1")
+    change = np.flatnonzero(languages[1:] != languages[:-1]) + 1
+    starts = [0, *change.tolist(), len(languages)]
+    order = [str(languages[i]) for i in starts[:-1]]
+    return LanguageMetadata(tuple(order), tuple(str(i) for i in range(len(languages))), tuple(starts))
 
 
 def run(ctx: Context) -> Output:
     """MetaCLIP balancing of the match output: each text kept with the probability its entries give it."""
     from pyspark.sql import functions as F
 
+    from pipeline.core import reasons as R
+
     cfg: BalanceConfig = ctx.cfg
-    counts, t = ctx.state["counts"], ctx.state["t"]
+    t, world = ctx.state["t"], ctx.state["worldwide"]
     source = ctx.input().path
-    decided = with_balance_decisions(ctx.spark.read.parquet(source), keep_probabilities(counts, t), ctx.seed, t)
+    df = ctx.spark.read.parquet(source)
+    decided = with_balance_decisions(df, ctx.state["probs"], ctx.seed, t if world is None else "its language's t")
     front = ["uid", "text", "entry_ids", "keep_prob"]
+    grouped = "image_uid" in df.columns
 
     def expected(rows) -> dict:
-        return {"expected_kept": round(float(rows.agg(F.sum("keep_prob")).first()[0] or 0.0), 3)}
+        chosen = rows.where(F.col("_reason").isNull() | (F.col("_reason") == R.BALANCED_OUT))
+        out = {"expected_kept": round(float(chosen.agg(F.sum("keep_prob")).first()[0] or 0.0), 3)}
+        if world is not None:
+            kept = rows.where(F.col("_reason").isNull()).groupBy("metadata_language").count().collect()
+            out["kept_by_language"] = dict(sorted((r[0], r[1]) for r in kept))
+        if grouped:
+            out["alt_texts"] = {
+                "images": rows.select("image_uid").distinct().count(),
+                "not_chosen": rows.where(F.col("_reason") == R.ALT_TEXT_NOT_CHOSEN).count(),
+            }
+        return out
 
+    stats = {
+        "input": source,
+        "counts": ctx.input("counts").path,
+        "t": t,
+        "t_from": "t" if cfg.t is not None else f"tail_fraction={cfg.tail_fraction}",
+        "tail_share": ctx.state["tail_share"],
+        "seed": ctx.seed,
+        "head_entries": int(sum(world["head_entries_by_language"].values())) if world else int((ctx.state["counts"] > t).sum()),
+    }
+    if world is not None:
+        stats.update(world)
     return Output(
         decided=decided,
         shape=lambda kept: kept.select(*front, *[c for c in kept.columns if c not in front]),
         stats_from=expected,
-        stats={
-            "input": source,
-            "counts": ctx.input("counts").path,
-            "t": t,
-            "t_from": "t" if cfg.t is not None else f"tail_fraction={cfg.tail_fraction}",
-            "tail_share": ctx.state["tail_share"],
-            "seed": ctx.seed,
-            "head_entries": int((counts > t).sum()),
-        },
+        stats=stats,
     )
 
 
 def describe(stats: dict, root: str) -> str:
-    return f"t={stats['t']:g} ({stats['t_from']}), expected {stats['expected_kept']:.0f} kept"
+    t = f"t={stats['t']:g}" if stats.get("t") is not None else "t per language"
+    languages = f", {len(stats['t_by_language'])} languages" if stats.get("t_by_language") else ""
+    return f"{t} ({stats['t_from']}{languages}), expected {stats['expected_kept']:.0f} kept"
 
 
 STAGE = Stage(

@@ -122,6 +122,18 @@ def count_concepts(df, concept_entries: Sequence[str], synonyms: dict[str, Seque
     return concepts, synonyms_df
 
 
+def language_stats(df, table, meta) -> dict[str, dict[str, int]]:
+    """Per metadata language: its texts in the match output and its matches (sum of entry counts)."""
+    from pyspark.sql import functions as F
+
+    texts = dict(df.groupBy("metadata_language").count().collect())
+    matches = dict(table.groupBy("language").agg(F.sum("count")).collect())
+    return {
+        lang: {"texts": int(texts.get(lang, 0)), "matches": int(matches.get(lang) or 0)}
+        for lang in sorted(set(meta.languages) | set(texts))
+    }
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -136,13 +148,19 @@ def plan(ctx: Context) -> Plan:
         raise FileNotFoundError(f"{up.given}: not a match stage output (no metadata.json beside its data)")
     entries = ctx.run.fs.read_json(f"{up.dir}/metadata.json")
     mode = ctx.run.fs.read_json(f"{up.dir}/stats.json")["match_mode"]
+    meta = None
+    if ctx.run.fs.exists(f"{up.dir}/languages.json"):
+        from pipeline.kernels.worldwide import LanguageMetadata
+
+        meta = LanguageMetadata.from_json(ctx.run.fs.read_json(f"{up.dir}/languages.json"), entries)
     concepts = load_concepts(cfg.concepts) if cfg.concepts else None
     if concepts is not None and not concepts.synonyms:
         raise ConfigError(f"count.concepts: {cfg.concepts} is not a {{concept: [synonyms]}} file")
-    ctx.state.update(entries=entries, mode=mode, concepts=concepts)
+    ctx.state.update(entries=entries, mode=mode, concepts=concepts, meta=meta)
     return Plan(
         fingerprint={
             "entries": entries_fingerprint(entries, mode),
+            "languages": meta.to_json() if meta else None,
             "concepts": entries_fingerprint(list(concepts.entries), mode) if concepts else None,
             "synonyms": concepts.synonyms if concepts else None,
         }
@@ -159,14 +177,18 @@ def run(ctx: Context) -> Output:
     source = ctx.input().path
     df = spark.read.parquet(source)
     n_texts = df.count()
+    meta = ctx.state["meta"]
+    languages = meta.language_of_ids(np.arange(len(entries))).tolist() if meta else [None] * len(entries)
     table = spark.createDataFrame(
-        [(i, e) for i, e in enumerate(entries)], "entry_id int, entry string"
+        list(zip(range(len(entries)), entries, languages, strict=True)), "entry_id int, entry string, language string"
     ).join(count_entries(df, len(entries)), on="entry_id", how="left")
     table = table.select(
-        "entry_id", "entry", F.coalesce("count", F.lit(0)).cast("long").alias("count"), F.lit(mode).alias("match_mode")
+        "entry_id", "entry", "language", F.coalesce("count", F.lit(0)).cast("long").alias("count"), F.lit(mode).alias("match_mode")
     ).orderBy("entry_id").coalesce(1)
     tables = {"data": table}
     stats = {"input": source, "texts": n_texts, "entries": len(entries), "match_mode": mode}
+    if meta is not None:
+        stats["languages"] = language_stats(df, table, meta)
     if concepts is not None:
         backend = ctx.pipeline.match.backend
         by_concept, by_synonym = count_concepts(df, list(concepts.entries), concepts.synonyms, mode, backend)

@@ -12,6 +12,7 @@ from pipeline.core.config import ConfigError
 from pipeline.core.contracts import require_columns
 from pipeline.core.protocol import Context, Input, Output, Stage
 
+GROUPINGS = ("none", "url", "image_hash")
 INGEST_FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl", "coco", "webdataset", "datacomp", "flickr", "mmc4")
 
 
@@ -29,12 +30,23 @@ class IngestConfig:
     # With a uid column, rows under different uids can still be the same (url, text) pair:
     # keep the one with the smallest uid, drop the rest as duplicate_url_text.
     drop_duplicate_url_text: bool = True
+    # The caption language column (LAION-2B-multi's LANGUAGE); found by name (language, lang)
+    # when not given. Worldwide matching uses it instead of language ID.
+    lang_col: str | None = None
+    # Rows that show one image with several alt-texts: "url" groups rows with the same url,
+    # "image_hash" rows with the same image hash column; each group gets one image_uid, and
+    # balance keeps at most one text per image (MetaCLIP 2). "none" keeps every row its own image.
+    group_alt_texts: str = "none"
+    # The image hash column for group_alt_texts=image_hash (found as sha256, image_sha256, image_hash).
+    image_hash_col: str | None = None
 
     def validate(self, where: str) -> None:
         if self.format not in INGEST_FORMATS:
             raise ConfigError(f"{where}.format: {self.format!r} is not one of {', '.join(INGEST_FORMATS)}")
         if self.max_text_chars < 1:
             raise ConfigError(f"{where}.max_text_chars: must be >= 1, got {self.max_text_chars}")
+        if self.group_alt_texts not in GROUPINGS:
+            raise ConfigError(f"{where}.group_alt_texts: {self.group_alt_texts!r} is not one of {', '.join(GROUPINGS)}")
         if self.output_partitions < 0:
             raise ConfigError(f"{where}.output_partitions: must be >= 0, got {self.output_partitions}")
 
@@ -142,13 +154,27 @@ def run(ctx: Context) -> Output:
     cfg: IngestConfig = ctx.cfg
     source = ctx.input().path
     raw = read_pool(ctx.spark, source, cfg)
-    decided = with_ingest_decisions(raw.df, cfg, raw.uid_given, raw.extras)
+    decided = with_image_uid(with_ingest_decisions(raw.df, cfg, raw.uid_given, raw.extras), cfg.group_alt_texts)
+    extras = [*raw.extras, "image_uid"]
     return Output(
         decided=decided,
-        shape=lambda kept: kept.select("uid", "url", "text", *[c for c in raw.extras if c in kept.columns]),
+        shape=lambda kept: kept.select("uid", "url", "text", *[c for c in extras if c in kept.columns]),
         partitions=cfg.output_partitions,
-        stats={"input": source, "format": raw.fmt, "uid_column": raw.uid_given},
+        stats={"input": source, "format": raw.fmt, "uid_column": raw.uid_given, "group_alt_texts": cfg.group_alt_texts},
     )
+
+
+def with_image_uid(df: DataFrame, grouping: str) -> DataFrame:
+    """`image_uid`, the same for every row showing one image: a hash of its url or of its image hash.
+
+    A row without the url (or hash) it would be grouped by is its own image (its uid).
+    """
+    if grouping == "none":
+        return df.drop("_image_hash")
+    tag, key = ("u:", F.col("url")) if grouping == "url" else ("h:", F.col("_image_hash"))
+    image = F.substring(F.sha2(F.concat(F.lit(tag), key), 256), 1, UID_HEX_DIGITS)
+    blank = key.isNull() | (F.trim(key) == "")
+    return df.withColumn("image_uid", F.when(blank, F.col("uid")).otherwise(image)).drop("_image_hash")
 
 
 STAGE = Stage(

@@ -36,6 +36,8 @@ UID_ALIASES = ("uid",)
 KEY_ALIASES = ("key", "id", "sample_id", "__index_level_0__")
 WIDTH_ALIASES = ("width", "original_width", "image_width")
 HEIGHT_ALIASES = ("height", "original_height", "image_height")
+LANG_ALIASES = ("language", "lang")
+IMAGE_HASH_ALIASES = ("sha256", "image_sha256", "image_hash")
 SCORE_PATTERN = re.compile(r"(similarity|score|_sim$)", re.IGNORECASE)
 IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
 CORRUPT = "_corrupt_record"
@@ -150,9 +152,19 @@ def _normalise(df: DataFrame, cfg: IngestConfig, fmt: str, force_uid: str | None
     url_c = _pick(cols, cfg.url_col, URL_ALIASES, "url")
     uid_c = force_uid or _pick(cols, cfg.uid_col, UID_ALIASES, "uid")
     key_c = _pick([c for c in cols if c not in (uid_c, text_c, url_c)], None, KEY_ALIASES, "key")
+    lang_c = _pick([c for c in cols if c not in (uid_c, text_c, url_c, key_c)], cfg.lang_col, LANG_ALIASES, "language")
+    hash_c = (
+        _pick(cols, cfg.image_hash_col, IMAGE_HASH_ALIASES, "image hash")
+        if cfg.group_alt_texts == "image_hash" else None
+    )
+    if cfg.group_alt_texts == "image_hash" and hash_c is None:
+        raise InputError(
+            f"ingest.group_alt_texts=image_hash needs an image hash column (looked for {', '.join(IMAGE_HASH_ALIASES)}); "
+            f"columns present: {', '.join(cols)}; pass --image-hash-col"
+        )
     width_c = _pick(cols, None, WIDTH_ALIASES, "width")
     height_c = _pick(cols, None, HEIGHT_ALIASES, "height")
-    used = {text_c, url_c, uid_c, key_c, width_c, height_c}
+    used = {text_c, url_c, uid_c, key_c, width_c, height_c, lang_c, hash_c}
     scores = [
         c for c in cols
         if c not in used and SCORE_PATTERN.search(c)
@@ -184,6 +196,11 @@ def _normalise(df: DataFrame, cfg: IngestConfig, fmt: str, force_uid: str | None
     if height_c:
         select.append(F.col(f"`{height_c}`").cast("int").alias("height"))
         extras.append("height")
+    if lang_c:
+        select.append(text_of(lang_c).alias("language"))
+        extras.append("language")
+    if hash_c:
+        select.append(text_of(hash_c).alias("_image_hash"))
     if "license" in cols:
         select.append(F.col("license").cast("string").alias("license"))
         extras.append("license")
