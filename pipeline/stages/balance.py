@@ -133,17 +133,16 @@ def plan(ctx: Context) -> Plan:
             raise ConfigError(f"balance: {exc}") from None
         probs = language_probabilities(counts, meta, t_by)
         of = {lang: counts[slice(*meta.span(lang))] for lang in meta.languages}
+        shares = {lang: tail_share(of[lang], t) if t is not None else None for lang, t in t_by.items()}
         ctx.state.update(
             probs=probs,
             t=float(cfg.t) if cfg.t is not None else t_by.get(cfg.reference_language),
-            tail_share=share,
+            tail_share=shares.get(cfg.reference_language),
             worldwide={
                 "reference_language": cfg.reference_language,
                 "p": share,
                 "t_by_language": t_by,
-                "tail_share_by_language": {
-                    lang: tail_share(of[lang], t) if t is not None else None for lang, t in t_by.items()
-                },
+                "tail_share_by_language": shares,
                 "head_entries_by_language": {
                     lang: int((of[lang] >= t).sum()) if t is not None else 0 for lang, t in t_by.items()
                 },

@@ -226,6 +226,9 @@ def with_caption_features(df, language: bool):
 
     fields = [T.StructField("_words", T.IntegerType(), False), T.StructField("_chars", T.IntegerType(), False)]
     if language:
+        # The rule judges by lid.176, as DataComp did: a language column the pool or the
+        # worldwide match brought is replaced (metadata_language stays).
+        df = df.drop("language", "language_confidence")
         fields += [T.StructField("language", T.StringType(), True), T.StructField("language_confidence", T.FloatType(), False)]
     schema = T.StructType(df.schema.fields + fields)
     text_i = df.columns.index("text")
