@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import math
@@ -553,3 +554,149 @@ def test_report_opens_in_headless_chromium_without_errors(small_run):
     assert len(images) >= 3 and all(done and w > 0 and h > 0 for done, w, h in images), images
     assert len(tables) >= 3 and all(rows > 1 for rows in tables), tables
     assert headings, "the report has sections"
+
+
+# --------------------------------------------------------------------------- a worldwide run: the Languages section
+
+WW_CONCEPTS = {"canine": ["dog", "Hund", "狗"], "feline": ["cat", "Katze", "猫", "แมว"], "bird": ["bird"], "home": ["house", "房子"]}
+# The Languages table of tests/test_worldwide_export.py's run with WW_CONCEPTS, worked out by hand
+# from its tables: most texts first; head share = matches in entries with count >= t / matches;
+# coverage = concepts with a synonym matched in the language's list, of those with one in it.
+WW_LANGUAGES = [
+    ["en", "6", "8", "4", "3", "3", "37.5%", "1", "62.5%", "4", "dog (5), house (2), cat (1)", "cat (1), house (2), dog (5)", "3 of 4"],
+    ["de", "4", "5", "3", "3", "1", "0.0%", "3", "100.0%", "3", "Hund (2), Katze (2), Haus (1)", "Haus (1), Hund (2), Katze (2)", "2 of 2"],
+    ["zh", "3", "4", "3", "2", "2", "0.0%", "2", "100.0%", "1", "狗 (2), 猫 (2)", "狗 (2), 猫 (2)", "2 of 3"],
+    ["th", "0", "0", "1", "0", "-", "-", "0", "-", "0", "-", "-", "0 of 1"],
+]
+
+
+def _ww_expected_from_tables(run: Path) -> dict[str, dict]:
+    """The per-language figures by their definition, from the run's own tables and stats (not from report.py)."""
+    counts = pd.read_parquet(run / "count" / "data")
+    count_stats = json.loads((run / "count" / "stats.json").read_text())
+    bal = json.loads((run / "balance" / "stats.json").read_text())
+    kept = pd.read_parquet(run / "balance" / "data")["metadata_language"].value_counts()
+    out = {}
+    for lang, part in counts.groupby("language"):
+        t = bal["t_by_language"][lang]
+        matches = int(part["count"].sum())
+        listed = dict(zip(part["entry"], part["count"], strict=True))
+        in_list = [c for c, syns in WW_CONCEPTS.items() if any(s in listed for s in syns)]
+        out[lang] = {
+            "texts": count_stats["languages"][lang]["texts"], "matches": matches, "entries": len(part),
+            "entries matched": int((part["count"] > 0).sum()), "t": t, "tail share": bal["tail_share_by_language"][lang],
+            "head entries": bal["head_entries_by_language"][lang],
+            "head share": None if t is None or matches == 0 else part.loc[part["count"] >= t, "count"].sum() / matches,
+            "kept": int(kept.get(lang, 0)),
+            "covered": (sum(any(listed.get(s, 0) > 0 for s in WW_CONCEPTS[c]) for c in in_list), len(in_list)),
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def worldwide_report(spark, tmp_path_factory):
+    from tests.test_worldwide_export import build_run
+
+    root = tmp_path_factory.mktemp("ww-report")
+    run = build_run(root)
+    (root / "concepts.json").write_text(json.dumps(WW_CONCEPTS, ensure_ascii=False))
+    result = report(spark, str(run), concepts=str(root / "concepts.json"))
+    return run, result
+
+
+def test_language_table_from_stats_and_counts():
+    from pipeline.stages.report import language_cells, language_table
+
+    counts = pd.DataFrame({
+        "language": ["ar", "ar", "ar", "hi", "hi"],
+        "entry": ["قط", "كلب", "بيت", "बिल्ली", "कुत्ता"],
+        "count": [10, 4, 0, 0, 0],
+    })
+    count_stats = {"languages": {"ar": {"texts": 12, "matches": 14}, "hi": {"texts": 1, "matches": 0}}}
+    bal = {"t_by_language": {"ar": 5.0, "hi": None}, "tail_share_by_language": {"ar": 4 / 14, "hi": 0.0},
+           "head_entries_by_language": {"ar": 1, "hi": 0}}
+    table = language_table(counts, count_stats, bal, kept={"ar": 7}, synonyms={"cat": ["cat", "قط"], "dog": ["dog"]})
+    assert language_cells(table) == [
+        ["ar", "12", "14", "3", "2", "5", "28.6%", "1", "71.4%", "7", "قط (10), كلب (4)", "كلب (4), قط (10)", "1 of 1"],
+        # no concept has a Hindi synonym: coverage is '-'; a language without t has no head share
+        ["hi", "1", "0", "2", "0", "-", "0.0%", "0", "-", "0", "-", "-", "-"],
+    ]
+    assert table.loc[0, "head_share"] == pytest.approx(10 / 14)
+    # without balance, kept texts or a concept list: dashes, not zeros
+    bare = language_cells(language_table(counts, {}, {}))
+    assert bare[0] == ["ar", "-", "14", "3", "2", "-", "-", "-", "-", "-", "قط (10), كلب (4)", "كلب (4), قط (10)", "-"]
+
+
+def test_single_list_report_has_no_languages_section(small_run):
+    root, _, result = small_run
+    page = (root / "run" / "reports" / "report.html").read_text()
+    assert "<h2>Languages</h2>" not in page and 'class="languages"' not in page
+    assert not (root / "run" / "reports" / "languages.parquet").exists()
+
+
+def test_worldwide_report_writes_the_languages_table_and_file(worldwide_report):
+    run, result = worldwide_report
+    assert result["languages"] == 4
+    page = (run / "reports" / "report.html").read_text()
+    assert _table(page, "languages") == [[html.escape(c) for c in row] for row in WW_LANGUAGES]
+    assert "The reference language en takes t = 3; its tail share p = 37.5% sets every other language" in page
+    langs = pd.read_parquet(run / "reports" / "languages.parquet")
+    assert langs["language"].tolist() == ["en", "de", "zh", "th"]
+    assert langs.loc[0, "top"].tolist() == ["dog", "house", "cat"] and langs.loc[0, "head_share"] == pytest.approx(5 / 8)
+    card = (run / "reports" / "datacard.md").read_text()
+    assert "## Languages" in card
+    assert "| en | 6 | 8 | 4 | 3 | 3 | 37.5% | 1 | 62.5% | 4 | dog (5), house (2), cat (1) | cat (1), house (2), dog (5) | 3 of 4 |" in card
+
+
+def _open_in_chromium(path: Path, script: str):
+    """Open a page in headless chromium on a closed network; (console errors, the script's result)."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+            page.goto(path.resolve().as_uri())
+            page.wait_for_load_state("load")
+            got = page.evaluate(script)
+        finally:
+            browser.close()
+    return errors, got
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it)")
+def test_worldwide_report_shows_the_per_language_table_in_chromium(worldwide_report):
+    """The browser shows one row per metadata language with the figures their definitions give over the run's tables."""
+    run, _ = worldwide_report
+    errors, (headings, rows) = _open_in_chromium(
+        run / "reports" / "report.html",
+        "[Array.from(document.querySelectorAll('h2')).map(e => e.textContent),"
+        " Array.from(document.querySelectorAll('table.languages tr')).map(r => Array.from(r.cells).map(c => c.textContent))]",
+    )
+    assert errors == []
+    assert "Languages" in headings
+    header, body = rows[0], rows[1:]
+    assert header[:3] == ["language", "texts", "matches"] and header[-1] == "downstream concepts covered"
+    assert body == WW_LANGUAGES
+    # The same figures from their definitions over the run's tables (the hand-written rows above can be wrong too).
+    expected = _ww_expected_from_tables(run)
+    assert [r[0] for r in body] == sorted(expected, key=lambda lang: (-expected[lang]["texts"], lang))
+    for row in body:
+        want = expected[row[0]]
+        cell = dict(zip(header, row, strict=True))
+        for name in ("texts", "matches", "entries", "entries matched", "head entries"):
+            assert int(cell[name].replace(",", "")) == want[name], (row[0], name)
+        assert int(cell["kept after balance"]) == want["kept"]
+        assert cell["t"] == ("-" if want["t"] is None else f"{int(want['t'])}")
+        for name, key in (("tail share", "tail share"), ("head share of matches", "head share")):
+            assert cell[name] == ("-" if want[key] is None else f"{want[key]:.1%}"), (row[0], name)
+        assert cell["downstream concepts covered"] == "{} of {}".format(*want["covered"])

@@ -805,6 +805,35 @@ def test_one_text_per_image_survives_and_it_is_the_references_choice(alt_text_ru
     assert [counts[i] for i in range(len(GLOBAL))] == exp["counts"]
 
 
+def test_without_the_draw_every_image_keeps_its_chosen_text(spark, alt_text_run, tmp_path) -> None:
+    """balance.draw = false (online sampling in the loader): the choice of one text per image is
+    made as before, nothing is balanced out, and keep_prob is still each text's 1 - prod(1 - p_i)."""
+    import dataclasses
+
+    from pipeline.api import run_balance
+
+    run, exp, pool = alt_text_run["run"], alt_text_run["expected"], alt_text_run["pool"]
+    metadata = run.parent / "metadata"
+    cfg = world_config(metadata, 3, group_alt_texts="url")
+    cfg = dataclasses.replace(cfg, balance=dataclasses.replace(cfg.balance, draw=False))
+    out = tmp_path / "undrawn"
+    run_balance(spark, str(run), str(run), str(out), cfg)
+    kept = read_rows(out, "balance/data", ["uid", "keep_prob"])
+    chosen = set(exp["matched"]) - exp["not_chosen"]
+    assert {r["uid"] for r in kept} == chosen
+    probs = exp["probs"]
+    for r in kept:
+        want = 1.0
+        for i in exp["matched"][r["uid"]]["entry_ids"]:
+            want *= 1.0 - float(probs[i])
+        assert r["keep_prob"] == pytest.approx(1.0 - want, abs=1e-12)
+    ledger = read_rows(out, "decisions", ["stage", "reason"])
+    reasons = {r["reason"] for r in ledger if r["stage"] == "balance"}
+    assert "balanced_out" not in reasons and "alt_text_not_chosen" in reasons
+    assert json.loads((out / "balance" / "stats.json").read_text())["draw"] is False
+    assert len(pool) > len(kept)
+
+
 # --------------------------------------------------------------------------- one English list: unchanged
 
 ENGLISH_ENTRIES = METADATA["en"] + ["snow", "oven", "summer"]

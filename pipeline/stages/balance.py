@@ -32,6 +32,9 @@ class BalanceConfig:
     reference_language: str = "en"
     # Worldwide: fixed t for single languages ({"de": 5000}), over the rule above.
     t_by_language: dict[str, int] = field(default_factory=dict)
+    # false: no draw here; every text (one per image) is kept with its keep_prob, for a training
+    # loader that samples online each epoch (MetaCLIP 2) from the export's worldwide/ files.
+    draw: bool = True
 
     def validate(self, where: str) -> None:
         for lang, value in self.t_by_language.items():
@@ -48,7 +51,7 @@ class BalanceConfig:
 # --- Spark adapter -------------------------------------------------------------------------
 
 
-def with_balance_decisions(df, p: np.ndarray, seed: int, t: float | str):
+def with_balance_decisions(df, p: np.ndarray, seed: int, t: float | str, draw: bool = True):
     """Needs: uid, entry_ids. Adds: keep_prob, _reason ('balanced_out' when not drawn), _detail.
 
     With an `image_uid` column, one text per image is chosen first (MetaCLIP 2): the one with
@@ -84,7 +87,7 @@ def with_balance_decisions(df, p: np.ndarray, seed: int, t: float | str):
 
     out = df.mapInArrow(run, schema)
     at_t = f"t={t:g}" if isinstance(t, (int, float)) else t
-    drawn_out = ~F.col("_keep")
+    drawn_out = ~F.col("_keep") & F.lit(draw)
     reason, detail = F.when(drawn_out, F.lit(R.BALANCED_OUT)), F.when(
         drawn_out, F.format_string(f"p_keep=%.6f at {at_t}", F.col("keep_prob"))
     )
@@ -181,7 +184,7 @@ def run(ctx: Context) -> Output:
     t, world = ctx.state["t"], ctx.state["worldwide"]
     source = ctx.input().path
     df = ctx.spark.read.parquet(source)
-    decided = with_balance_decisions(df, ctx.state["probs"], ctx.seed, t if world is None else "its language's t")
+    decided = with_balance_decisions(df, ctx.state["probs"], ctx.seed, t if world is None else "its language's t", cfg.draw)
     front = ["uid", "text", "entry_ids", "keep_prob"]
     grouped = "image_uid" in df.columns
 
@@ -205,6 +208,7 @@ def run(ctx: Context) -> Output:
         "t_from": "t" if cfg.t is not None else f"tail_fraction={cfg.tail_fraction}",
         "tail_share": ctx.state["tail_share"],
         "seed": ctx.seed,
+        "draw": cfg.draw,
         "head_entries": int(sum(world["head_entries_by_language"].values())) if world else int((ctx.state["counts"] > t).sum()),
     }
     if world is not None:

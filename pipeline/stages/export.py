@@ -11,13 +11,26 @@
 
 Samples are ordered by (download shard, key, uid), so each task reads its images from few
 download shards in sequence, and the same run writes byte-identical tars.
+
+A worldwide run (per-language metadata: `match/languages.json`) or one whose images carry
+several alt-texts (`image_uid`) also gets `worldwide/`, so a training loader can redo MetaCLIP 2's
+per-epoch choice (one text per image) and sampling (keep with 1 - prod(1 - p_i)) online:
+
+- `worldwide/entry_probs.parquet` (one file): language, entry_id, entry, count, t, prob for every
+  entry of every language, prob = 1 when count < t (or the language has no t), else t / count;
+- `worldwide/texts.parquet` (a folder of Parquet parts): every matched text of every exported
+  image, with its language, metadata language, global entry ids and whether it is the text this
+  run exported. docs/worldwide_formats.md describes both.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import UserError
@@ -41,6 +54,9 @@ WANTED = (
     ("cluster_id", ("cluster",)),
 )
 KEY_DIGITS = 5  # sample position digits in an exported key: shard 00012, sample 00345 -> 0001200345
+WORLDWIDE = "worldwide"
+ENTRY_PROBS = f"{WORLDWIDE}/entry_probs.parquet"
+TEXTS = f"{WORLDWIDE}/texts.parquet"
 
 
 class ExportError(UserError):
@@ -70,7 +86,13 @@ def plan(ctx: Context) -> Plan:
             f"export: {images.given} holds no complete download stage to take image bytes from; "
             "run download first, or pass --no-shards for the Parquet subset and uid list only"
         )
-    plan = Plan(fingerprint={"columns": _sources(ctx)})
+    worldwide = worldwide_inputs(ctx)
+    fp: dict[str, Any] = {"columns": _sources(ctx)}
+    if worldwide is not None:
+        # Only then: an export of a single-list run keeps its fingerprint (no --force needed after an upgrade).
+        ctx.state["worldwide"] = worldwide
+        fp["worldwide"] = {s: ctx.run.marker(s) for s in ("match", "count", "balance") if ctx.run.is_complete(s)}
+    plan = Plan(fingerprint=fp)
     marker = ctx.run.marker(ctx.stage.dir_name)
     if marker is not None and not ctx.force and marker.get("fingerprint") != fingerprint(ctx, plan):
         raise ExportError(
@@ -138,8 +160,154 @@ def run(ctx: Context) -> Output:
         files["shards/sizes.json"] = stats["shards"].pop("sizes")
         # open_clip reads the total from `__len__` when no sizes.json lists the shards it is given.
         files["shards/__len__"] = f"{stats['shards']['total']}\n".encode()
+    tables: dict[str, Any] = {}
+    if ctx.state.get("worldwide") is not None:
+        stats[WORLDWIDE] = worldwide_outputs(ctx, rows, ctx.state["worldwide"], files, tables)
     decided = rows.withColumn("_reason", F.lit(None).cast("string")).withColumn("_detail", F.lit(None).cast("string"))
-    return Output(decided=decided, files=files, stats=stats)
+    return Output(decided=decided, files=files, tables=tables, stats=stats)
+
+
+# --------------------------------------------------------------------------- worldwide side files
+
+
+def worldwide_inputs(ctx: Context) -> dict[str, Any] | None:
+    """What `worldwide/` is made from; None for a run with one metadata list and no alt-text groups.
+
+    Texts come from the run's match output; entry probabilities need the balance stage's t
+    (per language in a worldwide run) and the counts it used. Without a complete balance stage
+    only the texts are written, and stats.json says why.
+    """
+    run, fs = ctx.run, ctx.run.fs
+    if not run.is_complete("match"):
+        return None
+    languages_file = f"{run.stage_dir('match')}/languages.json"
+    per_language = fs.exists(languages_file)
+    grouped = "image_uid" in ctx.spark.read.parquet(run.data_dir("match")).columns
+    if not (per_language or grouped):
+        return None
+    out: dict[str, Any] = {"per_language": per_language, "grouped": grouped, "thresholds": None}
+    if not run.is_complete("balance"):
+        out["entry_probs_missing"] = "no complete balance stage in the run: no t to give the entries"
+        return out
+    bal = run.stats("balance")
+    spans = fs.read_json(languages_file) if per_language else None
+    if per_language:
+        by_lang = bal.get("t_by_language")
+        if not isinstance(by_lang, Mapping):
+            raise ExportError(
+                f"export: {run.stage_dir('balance')}/stats.json has no t_by_language, but {languages_file} says the run is "
+                "worldwide; rerun balance (`curate run --from balance`)"
+            )
+        missing = [r["language"] for r in spans if r["language"] not in by_lang]
+        if missing:
+            raise ExportError(f"export: balance's t_by_language has no t for {', '.join(missing)}; rerun balance")
+        thresholds: dict[str, Any] = {"t_by_language": dict(by_lang)}
+    else:
+        thresholds = {"t": bal["t"]}
+    counts = bal.get("counts") or run.data_dir("count")
+    if not fs.exists(counts):
+        raise ExportError(f"export: the counts balance used ({counts}) are gone; rerun count and balance")
+    out["thresholds"] = {**thresholds, "spans": spans, "counts": counts}
+    return out
+
+
+def entry_probabilities(
+    entries: Sequence[str],
+    counts: np.ndarray,
+    spans: Sequence[Mapping[str, Any]] | None,
+    t: float | None = None,
+    t_by_language: Mapping[str, float | None] | None = None,
+):
+    """language, entry_id, entry, count, t, prob per global entry id, as a pyarrow Table.
+
+    prob = 1 when count < t, else t / count (MetaCLIP's p_i, with t of the entry's language,
+    `spans` being match/languages.json); an entry of a language without t (no match at all)
+    gets 1, as balance gives it. With one list (`spans` None) every entry has `t` and no language.
+    """
+    import pyarrow as pa
+
+    n = len(entries)
+    counts = np.asarray(counts, np.int64)
+    if len(counts) != n:
+        raise ValueError(f"{len(counts)} counts for {n} entries")
+    language = np.full(n, None, dtype=object)
+    tt = np.full(n, np.nan)
+    if spans is None:
+        tt[:] = np.nan if t is None else float(t)
+    else:
+        for rec in spans:
+            first, size = int(rec["first"]), int(rec["entries"])
+            language[first:first + size] = rec["language"]
+            value = (t_by_language or {}).get(rec["language"])
+            tt[first:first + size] = np.nan if value is None else float(value)
+        if any(lang is None for lang in language):
+            raise ValueError("match/languages.json does not cover every entry id")
+    head = ~np.isnan(tt) & (counts >= tt)
+    prob = np.ones(n)
+    prob[head] = tt[head] / counts[head]
+    return pa.table({
+        "language": pa.array(language.tolist(), pa.string()),
+        "entry_id": pa.array(np.arange(n), pa.int32()),
+        "entry": pa.array(list(entries), pa.string()),
+        "count": pa.array(counts, pa.int64()),
+        "t": pa.array([None if np.isnan(v) else float(v) for v in tt], pa.float64()),
+        "prob": pa.array(prob, pa.float64()),
+    })
+
+
+def worldwide_outputs(ctx: Context, rows, inputs: Mapping[str, Any], files: dict[str, Any], tables: dict[str, Any]) -> dict[str, Any]:
+    """Add `worldwide/entry_probs.parquet` (to `files`) and `worldwide/texts.parquet` (to `tables`); returns their stats.
+
+    Needs: uid in `rows`. The texts of an exported image are all its rows in match/data (joined
+    on image_uid through the exported uid, so `rows` need not carry image_uid); `chosen` marks
+    the text this run exported for it (balance's choice when the export follows balance).
+    """
+    from pyspark.sql import functions as F
+
+    run, spark = ctx.run, ctx.spark
+    match = spark.read.parquet(run.data_dir("match"))
+    exported = rows.select("uid").distinct()
+    if inputs["grouped"]:
+        images = match.join(exported, on="uid", how="left_semi").select("image_uid").distinct()
+        texts = match.join(images, on="image_uid", how="left_semi")
+        key = ["image_uid"]
+    else:
+        texts = match.join(exported, on="uid", how="left_semi")
+        key = []
+    texts = texts.join(exported.withColumn("chosen", F.lit(True)), on="uid", how="left")
+    # A run with one list has no language columns; the format keeps them, null.
+    lang = [F.col(c) if c in texts.columns else F.lit(None).cast("string").alias(c) for c in ("language", "metadata_language")]
+    texts = texts.select(
+        *key, "uid", "text", *lang, "entry_ids", F.coalesce("chosen", F.lit(False)).alias("chosen")
+    ).orderBy(*key, "uid")
+    n_texts, n_images = texts.agg(F.count(F.lit(1)), F.countDistinct(*(key or ["uid"]))).first()
+    out: dict[str, Any] = {
+        "files": {"texts": TEXTS}, "rows": {"texts": int(n_texts)}, "images": int(n_images), "joined_on": (key or ["uid"])[0],
+    }
+    tables[TEXTS] = texts
+
+    th = inputs["thresholds"]
+    if th is None:
+        out["entry_probs_missing"] = inputs["entry_probs_missing"]
+    else:
+        import io
+
+        import pyarrow.parquet as pq
+
+        rows_c = spark.read.parquet(th["counts"]).select("entry_id", "entry", "count").orderBy("entry_id").toPandas()
+        entries = [str(e) for e in run.fs.read_json(f"{run.stage_dir('match')}/metadata.json")]
+        if rows_c["entry_id"].tolist() != list(range(len(entries))):
+            raise ExportError(f"export: {th['counts']} does not hold one count per entry of match/metadata.json; rerun count")
+        table = entry_probabilities(
+            entries, rows_c["count"].to_numpy(), th["spans"], th.get("t"), th.get("t_by_language")
+        )
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        files[ENTRY_PROBS] = buf.getvalue()
+        out["files"]["entry_probs"] = ENTRY_PROBS
+        out["rows"]["entry_probs"] = table.num_rows
+    log.info("export: %d texts of %d exported images -> %s/%s", n_texts, n_images, ctx.dir, WORLDWIDE)
+    return out
 
 
 def uid_list(rows):
@@ -263,7 +431,9 @@ def write_shards(ctx: Context, rows, per_shard: int) -> dict[str, Any]:
 def describe(stats: dict, root: str) -> str:
     shards = stats.get("shards")
     where = f"{shards['total']} samples in {shards['count']} shards under {root}/export/shards" if shards else "no shards"
-    return f"{where}; {stats['uid_list']}"
+    ww = stats.get(WORLDWIDE)
+    extra = f"; {ww['rows']['texts']} texts of {ww['images']} images in {root}/export/{WORLDWIDE}" if ww else ""
+    return f"{where}; {stats['uid_list']}{extra}"
 
 
 STAGE = Stage(

@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -260,6 +260,80 @@ def export_summary(run_root: str, stats: Mapping[str, Mapping[str, Any]]) -> dic
     if isinstance(size, int) and isinstance(count, int) and count > 0:
         out["mean bytes per shard"] = _bytes(round(size / count))
     return out
+
+
+LANGUAGE_LISTED = 5  # top and rarest entries named per language
+
+
+def language_table(
+    counts: pd.DataFrame,
+    count_stats: Mapping[str, Any],
+    balance_stats: Mapping[str, Any],
+    kept: Mapping[str, int] | None = None,
+    synonyms: Mapping[str, Sequence[str]] | None = None,
+) -> pd.DataFrame:
+    """One row per metadata language of a worldwide run, most texts first (ties by code).
+
+    `counts`: count/data's `language, entry, count` (every entry, zeros too). texts comes from
+    count/stats.json, t, tail share (matches in entries with count < t over all its matches) and
+    head entries (count >= t) from balance/stats.json, `kept` is texts per language after
+    balancing. matches = the sum of the language's counts; head_share = its matches in entries
+    with count >= t over all of them. top / rarest: the most frequent and the rarest entries that
+    occur (ties by name). With `synonyms` ({concept: [synonyms]}): concepts_in_list = concepts
+    with a synonym that is an entry of the language's list, concepts_covered = those with such
+    a synonym of count > 0.
+    """
+    per_lang_stats = count_stats.get("languages") or {}
+    t_by = balance_stats.get("t_by_language") or {}
+    tail_by = balance_stats.get("tail_share_by_language") or {}
+    head_by = balance_stats.get("head_entries_by_language") or {}
+    rows = []
+    for lang, part in counts.groupby("language", sort=True):
+        c = part["count"].to_numpy(np.int64)
+        matches = int(c.sum())
+        t = t_by.get(lang)
+        occur = part[part["count"] > 0]
+        top = occur.sort_values(["count", "entry"], ascending=[False, True], kind="mergesort").head(LANGUAGE_LISTED)
+        low = occur.sort_values(["count", "entry"], kind="mergesort").head(LANGUAGE_LISTED)
+        in_list = covered = None
+        if synonyms is not None:
+            listed = dict(zip(part["entry"], part["count"], strict=True))
+            in_list = sum(any(s in listed for s in syns) for syns in synonyms.values())
+            covered = sum(any(listed.get(s, 0) > 0 for s in syns) for syns in synonyms.values())
+        texts = (per_lang_stats.get(lang) or {}).get("texts")
+        rows.append({
+            "language": str(lang),
+            "texts": texts,
+            "matches": matches,
+            "entries": int(len(c)),
+            "entries_matched": int((c > 0).sum()),
+            "t": None if t is None else float(t),
+            "tail_share": tail_by.get(lang),
+            "head_entries": head_by.get(lang),
+            "head_share": float(c[c >= t].sum() / matches) if t is not None and matches > 0 else None,
+            "kept_after_balance": None if kept is None else int(kept.get(lang, 0)),
+            "top": [(str(e), int(n)) for e, n in zip(top["entry"], top["count"], strict=True)],
+            "rarest": [(str(e), int(n)) for e, n in zip(low["entry"], low["count"], strict=True)],
+            "concepts_in_list": in_list,
+            "concepts_covered": covered,
+        })
+    rows.sort(key=lambda r: (-(r["texts"] if r["texts"] is not None else -1), r["language"]))
+    # object columns: a missing figure stays None (not NaN), a count stays an int
+    return pd.DataFrame(rows, dtype=object, columns=[
+        "language", "texts", "matches", "entries", "entries_matched", "t", "tail_share", "head_entries", "head_share",
+        "kept_after_balance", "top", "rarest", "concepts_in_list", "concepts_covered",
+    ])
+
+
+def _share(p: float | None) -> str:
+    """A share to one decimal, never rounded onto 0% or 100% when it is not exactly that."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "-"
+    if 0 < p < 0.0005:
+        return "<0.1%"
+    if 0.9995 <= p < 1:
+        return ">99.9%"
+    return f"{p:.1%}"
 
 
 def _percent(rows: int, total: int) -> str:
@@ -546,6 +620,34 @@ def concept_coverage(run, concepts_file: str | None) -> pd.DataFrame | None:
     return pd.DataFrame(frames, columns=["step", "concept", "count", "most_common_synonym", "most_common_synonym_count"])
 
 
+def language_section(run, concepts_file: str | None) -> pd.DataFrame | None:
+    """`language_table` for a run whose count/data has a non-null `language` (per-language metadata); else None.
+
+    Texts kept per language: balance/stats.json's kept_by_language. Synonyms: the concept
+    file, else the count stage's count/synonyms table.
+    """
+    from pyspark.sql import functions as F
+
+    if not run.is_complete("count") or not run.fs.exists(run.data_dir("count")):
+        return None
+    table = run.spark.read.parquet(run.data_dir("count"))
+    if "language" not in table.columns:
+        return None
+    counts = table.where(F.col("language").isNotNull()).select("language", "entry", "count").toPandas()
+    if counts.empty:
+        return None
+    bal = run.stats("balance") if run.is_complete("balance") else {}
+    synonyms = None
+    if concepts_file is not None:
+        from pipeline.concepts.metadata import load_concepts
+
+        synonyms = load_concepts(concepts_file).synonyms
+    elif run.fs.exists(f"{run.stage_dir('count')}/synonyms"):
+        pairs = run.spark.read.parquet(f"{run.stage_dir('count')}/synonyms").select("concept_id", "concept", "synonym").toPandas()
+        synonyms = {c: list(g["synonym"]) for (_, c), g in pairs.sort_values(["concept_id", "synonym"]).groupby(["concept_id", "concept"], sort=True)}
+    return language_table(counts, run.stats("count"), bal, bal.get("kept_by_language"), synonyms)
+
+
 def _stage_stats(run, order: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Every stage's stats.json in pipeline order (`order`), then any other stage folders'."""
     names = [s for s in order if s != "report" and run.fs.exists(f"{run.stage_dir(s)}/stats.json")]
@@ -686,11 +788,20 @@ def write_report(
         fit.update(frequency_source=source, accuracy_file=accuracy_file)
         files["accuracy_fit.json"] = _json_bytes(fit)
         files["accuracy_vs_frequency.png"] = plot_accuracy(f, acc, fit)
+    languages = language_section(run, concepts_file)
+    if languages is not None:
+        files["languages.parquet"] = _parquet_bytes(languages.assign(
+            top=[[e for e, _ in v] for v in languages["top"]], rarest=[[e for e, _ in v] for v in languages["rarest"]],
+        ))
     run_json = run.fs.read_json(f"{run.root}/run.json") if run.fs.exists(f"{run.root}/run.json") else {}
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     export = export_summary(run_root, stats)
-    files["report.html"] = render_html(run_root, generated, tables, long_tail, coverage, fit, files, stats, funnel, export).encode()
-    files["datacard.md"] = render_datacard(run_root, generated, run_json, stats, long_tail, coverage, fit, len(never), export).encode()
+    files["report.html"] = render_html(
+        run_root, generated, tables, long_tail, coverage, fit, files, stats, funnel, export, languages
+    ).encode()
+    files["datacard.md"] = render_datacard(
+        run_root, generated, run_json, stats, long_tail, coverage, fit, len(never), export, languages
+    ).encode()
 
     log.info("report: %d steps, %d entries -> %s/report.html", len(tables), len(entries), out_dir)
     return {
@@ -700,6 +811,7 @@ def write_report(
         "files": sorted(files),
         "steps": list(tables),
         "never_matched": len(never),
+        "languages": None if languages is None else len(languages),
         "long_tail": _clean(long_tail),
         "accuracy_fit": _clean(fit),
     }
@@ -714,6 +826,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee} h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
 .note{color:#555;font-size:13px}
+table.languages td:nth-child(n+11){text-align:left}
 """
 
 
@@ -782,6 +895,71 @@ def _rarest_html(step: str, table: pd.DataFrame, never: set[str]) -> list[str]:
     return out
 
 
+LANGUAGE_HEADERS = (
+    "language", "texts", "matches", "entries", "entries matched", "t", "tail share", "head entries",
+    "head share of matches", "kept after balance", "top entries", "rarest that occur", "downstream concepts covered",
+)
+
+
+def _t(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:.4g}"
+
+
+def _n(v: int | None) -> str:
+    return "-" if v is None else f"{int(v):,}"
+
+
+def _entries_cell(pairs: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{e} ({n:,})" for e, n in pairs) or "-"
+
+
+def language_cells(table: pd.DataFrame) -> list[list[str]]:
+    """The Languages table as text, a row per language, columns as LANGUAGE_HEADERS."""
+    out = []
+    for r in table.itertuples(index=False):
+        covered = "-" if not r.concepts_in_list else f"{r.concepts_covered:,} of {r.concepts_in_list:,}"
+        out.append([
+            r.language, _n(r.texts), _n(r.matches), _n(r.entries), _n(r.entries_matched), _t(r.t),
+            _share(r.tail_share), _n(r.head_entries), _share(r.head_share), _n(r.kept_after_balance),
+            _entries_cell(r.top), _entries_cell(r.rarest), covered,
+        ])
+    return out
+
+
+def _language_note(table: pd.DataFrame, stats: Mapping[str, Mapping[str, Any]]) -> str:
+    """How t was set (from balance/stats.json) and what the coverage column means."""
+    bal = stats.get("balance", {})
+    parts = [f"{len(table):,} metadata languages; texts are those matched against the language's own list."]
+    if bal.get("t_by_language"):
+        ref, p = bal.get("reference_language"), bal.get("p")
+        if str(bal.get("t_from", "t")).startswith("tail_fraction"):
+            parts.append(f"Every language's t is the count whose cumulative share of its matches is nearest to p = {_share(p)} (MetaCLIP 2).")
+        else:
+            parts.append(f"The reference language {ref} takes t = {_t(bal.get('t'))}; its tail share p = {_share(p)} sets every "
+                         "other language's t: the count whose cumulative share of that language's matches is nearest to p (MetaCLIP 2).")
+    else:
+        parts.append("No complete balance stage with per-language t: t, tail share and head statistics are '-'.")
+    parts.append("Head entries: count >= t (sampled down to about t); tail share: matches in entries with count < t.")
+    if table["concepts_in_list"].isna().all():
+        parts.append("No downstream concept list: no coverage per language.")
+    else:
+        parts.append("Downstream concepts covered: concepts with a synonym that is, string for string, an entry of the "
+                     "language's metadata list and matched there, of those with such a synonym in the list ('-': the "
+                     "concept list has no synonym in that language). The concept list is one list, matched over all "
+                     "texts as one list; its own counts are not per language.")
+    return " ".join(parts)
+
+
+def _languages_html(table: pd.DataFrame, stats: Mapping[str, Mapping[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in LANGUAGE_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in language_cells(table))
+    return (f'<h2>Languages</h2><p class="note">{html.escape(_language_note(table, stats))} '
+            'Every figure is also in <a href="languages.parquet">languages.parquet</a>.</p>'
+            f'<table class="languages"><tr>{head}</tr>{body}</table>')
+
+
 def _export_html(export: Mapping[str, str]) -> str:
     body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in export.items())
     return f'<h2>Export</h2><table class="export"><tr><th>item</th><th>value</th></tr>{body}</table>'
@@ -798,6 +976,7 @@ def render_html(
     stats: Mapping[str, Mapping[str, Any]],
     funnel: pd.DataFrame | None = None,
     export: Mapping[str, str] | None = None,
+    languages: pd.DataFrame | None = None,
 ) -> str:
     """One self-contained page: inline CSS, plots as base64 data URIs, no scripts, no external resources.
 
@@ -822,6 +1001,8 @@ def render_html(
     ]
     if export is not None:
         parts.append(_export_html(export))
+    if languages is not None:
+        parts.append(_languages_html(languages, stats))
     parts += [
         "<h2>Long tail</h2>",
         _kv_table(long_tail, "long-tail"),
@@ -863,6 +1044,7 @@ def render_datacard(
     fit: Mapping[str, Any] | None,
     never_count: int | None = None,
     export: Mapping[str, str] | None = None,
+    languages: pd.DataFrame | None = None,
 ) -> str:
     """A data card (in the spirit of "The Dataset Nutrition Label"): inputs, every step's config and counts, outputs."""
     lines = [f"# Data card: `{run_root}`", "", f"Generated {generated}.", "", "## What went in", ""]
@@ -910,6 +1092,11 @@ def render_datacard(
                      "(`reports/never_matched_concepts.txt`)")
     if fit is not None:
         lines += [f"- accuracy vs log10 frequency: slope {_fmt(fit.get('slope'))}, r {_fmt(fit.get('pearson_r'))}, n {fit.get('n')}"]
+    if languages is not None:
+        md = [c.replace("|", "\\|") for c in LANGUAGE_HEADERS]
+        lines += ["", "## Languages", "", _language_note(languages, stats), "",
+                  "| " + " | ".join(md) + " |", "|---|" + "---|" * (len(md) - 1)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in language_cells(languages)]
     lines += ["", "Known limits: counts are substring matches of the metadata entries (MetaCLIP); "
               "a text counts once per entry. See reports/long_tail.json and concept_frequency.parquet.", ""]
     return "\n".join(lines)
