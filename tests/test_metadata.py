@@ -365,3 +365,182 @@ def test_cli_metadata_build_errors(tmp_path):
     with pytest.raises(MetadataError, match="--wordnet-dir needs --wordnet"):
         args.func(args)
     assert not os.path.exists(out)
+
+
+# --------------------------------------------------------------------------- one language's list (worldwide)
+
+# German, counted by hand. Line 3 spells "schläft" decomposed (a + U+0308): a language build
+# NFC-normalises lines first, so both spellings count as one word.
+#   tokens: der 2, Hund 3, schläft 2, bellt 1, ein 1 (N = 9)
+#   bigrams: (der, Hund) 2, (Hund, schläft) 2, (Hund, bellt) 1, (ein, Hund) 1
+#   PMI(der Hund) = log2(2 * 9 / (2 * 3)) = log2(3) ~= 1.58 = PMI(Hund schläft)
+CORPUS_DE = "der Hund schl\u00e4ft\nder Hund bellt\nein Hund schla\u0308ft\n"
+# Titles: repeats, blank lines, "Café" composed and decomposed.
+TITLES_DE = "Berlin\nHund\n\nBerlin\nCafe\u0301\n  Caf\u00e9 \n"
+DE_LIST = ["Hund", "der", "schl\u00e4ft", "Hund schl\u00e4ft", "der Hund", "Berlin", "Caf\u00e9"]
+NO_SPACE_CODES = ["zh", "ja", "th", "lo", "km", "my", "bo", "dz", "ryu", "zh-Hans", "zh_TW", "zh_yue", "ZH"]
+
+
+def build_args(*argv: str) -> argparse.Namespace:
+    return parser().parse_args(["metadata", "build", *argv])
+
+
+def test_language_build_writes_the_folder_list_nfc_and_deduplicated(tmp_path, capsys):
+    from pipeline.kernels.worldwide import load_language_metadata
+
+    corpus = write(tmp_path, "de.txt", CORPUS_DE)
+    titles = write(tmp_path, "titles.txt", TITLES_DE)
+    folder = tmp_path / "meta"
+    args = build_args(
+        "--language", "de", "--output", str(folder), "--corpus", corpus, "--from-titles", titles,
+        "--min-unigram-count", "2", "--min-bigram-pmi", "1.0", "--min-bigram-count", "2",
+    )
+    assert args.func(args) == 0
+    assert os.listdir(folder) == ["de.json"]
+    assert json.loads((folder / "de.json").read_text(encoding="utf-8")) == DE_LIST
+    meta = load_language_metadata(str(folder))  # the match stage's reader
+    assert meta.languages == ("de",) and list(meta.entries) == DE_LIST
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("metadata de: unigrams 3, bigrams 2, titles 5; 7 distinct entries -> ")
+    assert line.endswith(os.path.join("meta", "de.json"))
+
+
+def test_plain_build_keeps_spellings_apart(tmp_path):
+    # Without a language nothing is normalised (today's lists keep their ids): the decomposed
+    # "schläft" is its own word, and neither spelling reaches a count of 2.
+    corpus = write(tmp_path, "de.txt", CORPUS_DE)
+    unigrams, _ = corpus_ngrams([corpus], 2, 1.0, 2)
+    assert unigrams == ["Hund", "der"]
+
+
+@pytest.mark.parametrize("code", NO_SPACE_CODES)
+def test_no_space_language_refuses_corpus_mining(tmp_path, code):
+    corpus = write(tmp_path, "c.txt", "ein Wort\n")  # the refusal is by code, before the corpus is read
+    folder = tmp_path / "meta"
+    args = build_args("--language", code, "--output", str(folder), "--corpus", corpus)
+    with pytest.raises(MetadataError) as exc:
+        args.func(args)
+    message = str(exc.value)
+    assert message.startswith(f"{code} is written without spaces")
+    assert "--from-titles FILE" in message and "word segmentation is not done here" in message
+    assert "\n" not in message
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("code", ["de", "en", "ko", "vi", "ar", "hi", "ru", "other", "zhx", "thai"])
+def test_spaced_languages_are_not_in_the_no_space_set(code):
+    assert not metadata.is_no_space_language(code)
+
+
+@pytest.mark.parametrize("code", NO_SPACE_CODES)
+def test_no_space_codes_are_in_the_set(code):
+    assert metadata.is_no_space_language(code)
+
+
+def test_no_space_language_list_from_titles_matches_inside_text(tmp_path, capsys):
+    from pipeline.kernels.worldwide import WorldMatcher, load_language_metadata
+
+    folder = tmp_path / "meta"
+    de = build_args("--language", "de", "--output", str(folder), "--corpus", write(tmp_path, "de.txt", CORPUS_DE),
+                    "--min-unigram-count", "2", "--min-bigram-pmi", "1.0", "--min-bigram-count", "2")
+    assert de.func(de) == 0
+    zh = build_args("--language", "zh", "--output", str(folder), "--from-titles",
+                    write(tmp_path, "zh.txt", "猫\n东京\n猫\n\n 狗 \n"))
+    assert zh.func(zh) == 0
+    assert json.loads((folder / "zh.json").read_text(encoding="utf-8")) == ["猫", "东京", "狗"]
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out.startswith("metadata zh: titles 4; 3 distinct entries (written without spaces: entries match inside runs of text)")
+    meta = load_language_metadata(str(folder))
+    # Global ids: languages in code order, de's 5 entries are 0-4, zh's 5-7.
+    assert meta.languages == ("de", "zh") and meta.starts == (0, 5, 8)
+    offsets, values = WorldMatcher(meta).match_batch(
+        ["一只猫在东京睡觉", "der Hund schl\u00e4ft", "一只猫"], ["zh", "de", "de"]
+    )
+    got = [values[offsets[i] : offsets[i + 1]].tolist() for i in range(3)]
+    assert got == [[5, 6], [0, 1, 2, 3, 4], []]  # a zh caption matched as de finds nothing
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "share"),
+    [("yue", "一只猫在睡觉 两只狗\n", "100%"), ("jpn", "ねこがすき いぬもすき\n", "100%"), ("wuu", "猫猫 a\n", "67%")],
+)
+def test_corpus_mostly_in_no_space_scripts_is_refused_whatever_the_code(tmp_path, code, text, share):
+    args = build_args("--language", code, "--output", str(tmp_path / "m"), "--corpus", write(tmp_path, "c.txt", text),
+                      "--min-unigram-count", "1")
+    with pytest.raises(MetadataError, match=f"^the --corpus given for {code} is {share} letters of scripts written "
+                       "without spaces .*--from-titles FILE"):
+        args.func(args)
+
+
+def test_no_space_script_share(tmp_path):
+    # Letters and marks only: digits, spaces and punctuation are not counted.
+    assert metadata.no_space_script_share([write(tmp_path, "a.txt", "ab猫, 12 。\n")]) == pytest.approx(1 / 3)
+    assert metadata.no_space_script_share([write(tmp_path, "b.txt", "123 ...\n")]) == 0.0
+    # Thai vowel signs are combining marks of the Thai block; Hangul is spaced.
+    assert metadata.no_space_script_share([write(tmp_path, "c.txt", "แมว 고양이\n")]) == pytest.approx(3 / 6)
+
+
+def test_corpus_with_a_few_no_space_words_is_mined(tmp_path):
+    text = "ein Hund namens 猫 schläft\n" * 2
+    entries = build_metadata(
+        numbers=False, wordnet=False, corpus=[write(tmp_path, "c.txt", text)], min_unigram_count=2,
+        min_bigram_pmi=100.0, min_bigram_count=2, language="de",
+    )
+    assert entries == ["Hund", "ein", "namens", "schläft", "猫"]
+    # Exactly half is not "mostly": mined (the whitespace token "猫猫" is kept as it is).
+    half = build_metadata(numbers=False, wordnet=False, corpus=[write(tmp_path, "h.txt", "猫猫 ab\n")],
+                          min_unigram_count=1, language="wuu")
+    assert half == ["ab", "猫猫"]
+
+
+def test_language_build_wordnet_is_english_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(metadata, "wordnet_lemmas", lambda wordnet_dir=None, source="lemmas": ["dog", "Cafe\u0301"])
+    with pytest.raises(MetadataError, match=r"^--wordnet gives English WordNet 3\.0 lemmas; they are not a de list"):
+        build_metadata(numbers=False, wordnet=True, language="de")
+    assert build_metadata(numbers=False, wordnet=True, language="en") == ["dog", "Caf\u00e9"]
+    assert build_metadata(numbers=True, wordnet=True, language="en-GB")[100:] == ["dog", "Caf\u00e9"]
+
+
+@pytest.mark.parametrize("code", ["", "../de", "_de", ".de", "de.json", "de/fr", "d e", "de-", "x" * 33, "zh–Hans"])
+def test_language_code_must_be_a_file_name_the_match_stage_reads(tmp_path, code):
+    args = build_args("--language", code, "--output", str(tmp_path / "m"), "--numbers")
+    with pytest.raises(MetadataError, match="is not a language code"):
+        args.func(args)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("code", ["en", "zh-Hans", "zh_yue", "be-tarask", "other", "pt-BR"])
+def test_language_codes_accepted(tmp_path, code):
+    args = build_args("--language", code, "--output", str(tmp_path / "m"), "--numbers")
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "m" / f"{code}.json").read_text()) == [str(i) for i in range(100)]
+
+
+def test_language_build_output_errors(tmp_path):
+    titles = write(tmp_path, "t.txt", "Hund\n")
+    args = build_args("--language", "de", "--output", str(tmp_path / "de.json"), "--from-titles", titles)
+    with pytest.raises(MetadataError, match=r"the output is the metadata folder \(the list goes to FOLDER/de\.json\)"):
+        args.func(args)
+    afile = write(tmp_path, "meta", "x")
+    args = build_args("--language", "de", "--output", afile, "--from-titles", titles)
+    with pytest.raises(MetadataError, match="is a file"):
+        args.func(args)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "de.txt").write_text("Katze\n", encoding="utf-8")
+    args = build_args("--language", "de", "--output", str(folder), "--from-titles", titles)
+    with pytest.raises(MetadataError, match=r"de\.txt exists: the match stage would find two de lists"):
+        args.func(args)
+    assert sorted(os.listdir(folder)) == ["de.txt"] and not (tmp_path / "de.json").exists()
+
+
+def test_language_build_replaces_its_own_list_only(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "fr.json").write_text('["chat"]', encoding="utf-8")
+    (folder / "de.json").write_text('["alt"]', encoding="utf-8")
+    args = build_args("--language", "de", "--output", str(folder), "--from-titles", write(tmp_path, "t.txt", "Hund\n"))
+    assert args.func(args) == 0
+    assert json.loads((folder / "de.json").read_text()) == ["Hund"]
+    assert json.loads((folder / "fr.json").read_text()) == ["chat"]
+    assert sorted(os.listdir(folder)) == ["de.json", "fr.json"]

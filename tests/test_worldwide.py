@@ -834,6 +834,26 @@ def test_without_the_draw_every_image_keeps_its_chosen_text(spark, alt_text_run,
     assert len(pool) > len(kept)
 
 
+def test_a_cap_below_the_metadata_orders_partitions_by_language_and_matches_the_same(spark) -> None:
+    """With max_patterns below the metadata's size, the adapter sorts each partition by language
+    (after language ID when the input has none) and still gives the reference's ids."""
+    from pipeline.kernels.worldwide import LanguageMetadata
+    from pipeline.stages.match import with_world_match_decisions
+
+    rows = [(f"c{i:03d}", text, lang) for i, (lang, text) in enumerate((g, c) for g, caps in CAPTIONS.items() for c in caps)]
+    df = spark.createDataFrame(rows, "uid string, text string, language string").repartition(3)
+    meta = LanguageMetadata.from_lists(METADATA)
+    cap = max(len(v) for v in METADATA.values())  # one language's list at a time
+    assert len(meta.entries) > cap
+    got = {r.uid: list(r.entry_ids) for r in with_world_match_decisions(df, meta, max_patterns=cap).collect()}
+    want = {uid: world_match(text, metadata_language_of(lang, LANGUAGES, {}), METADATA) for uid, text, lang in rows}
+    assert got == want
+    plan = with_world_match_decisions(df.drop("language"), meta, max_patterns=cap)._jdf.queryExecution().executedPlan().toString()
+    assert "Sort [language" in plan
+    unsorted = with_world_match_decisions(df, meta)._jdf.queryExecution().executedPlan().toString()
+    assert "Sort [" not in unsorted
+
+
 # --------------------------------------------------------------------------- one English list: unchanged
 
 ENGLISH_ENTRIES = METADATA["en"] + ["snow", "oven", "summer"]

@@ -13,6 +13,8 @@ from pipeline.concepts.metadata import (
     MetadataError,
     _collect_sources,
     _union,
+    is_no_space_language,
+    language_list_path,
     write_json_atomic,
     write_metadata,
 )
@@ -26,9 +28,21 @@ def add_cli(subparsers: Any) -> None:
         "build",
         help="build a concept list from numbers, WordNet, a text corpus and titles",
         description="Entries come in the order numbers, WordNet, unigrams, bigrams, titles; each "
-        "appears once (first occurrence) and its id is its index in the output JSON list.",
+        "appears once (first occurrence) and its id is its index in the output JSON list. With --language "
+        "CODE the list is that language's, written as FOLDER/CODE.json into a per-language metadata folder "
+        "(match.metadata), every entry NFC-normalised. Languages written without spaces (zh, ja, th, lo, km, "
+        "my, bo, dz, ryu and their variants, or a corpus mostly in those scripts) have no whitespace words: "
+        "--corpus is refused for them and their list comes from --from-titles (one entry per line, e.g. "
+        "Wikipedia titles or the output of a word segmenter you run); no segmentation is done here.",
     )
-    b.add_argument("--output", required=True, metavar="FILE", help="the JSON list to write")
+    b.add_argument(
+        "--output", required=True, metavar="PATH",
+        help="the JSON list to write; with --language, the metadata folder (the list goes to PATH/CODE.json)",
+    )
+    b.add_argument(
+        "--language", metavar="CODE",
+        help="build one language's list for a per-language metadata folder (en, de, zh, pt-BR, other, ...)",
+    )
     b.add_argument("--numbers", action="store_true", help="add the numbers 0-99")
     b.add_argument("--wordnet", action="store_true", help="add all WordNet 3.0 lemma names")
     b.add_argument(
@@ -46,7 +60,10 @@ def add_cli(subparsers: Any) -> None:
     b.add_argument("--min-unigram-count", type=int, default=100, metavar="N", help="default 100 (MetaCLIP)")
     b.add_argument("--min-bigram-pmi", type=float, default=30.0, metavar="X", help="log2 PMI, default 30 (MetaCLIP)")
     b.add_argument("--min-bigram-count", type=int, default=5, metavar="N", help="skip rarer bigrams (default 5)")
-    b.add_argument("--titles", metavar="PATH", help="text file with one title per line")
+    b.add_argument(
+        "--titles", "--from-titles", dest="titles", metavar="PATH",
+        help="text file with one title or word per line (any language), .gz allowed; blank lines skipped",
+    )
     b.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     b.set_defaults(func=cmd_metadata_build)
 
@@ -57,16 +74,21 @@ def cmd_metadata_build(args: argparse.Namespace) -> int:
     """`curate metadata build`: build, write, print one summary line."""
     if args.wordnet_dir and not args.wordnet:
         raise MetadataError("--wordnet-dir needs --wordnet")
+    language = args.language
+    # The target is checked before the sources are read: a wrong folder fails in a second.
+    output = language_list_path(args.output, language) if language is not None else args.output
     sources = _collect_sources(
         numbers=args.numbers, wordnet=args.wordnet, wordnet_dir=args.wordnet_dir,
         wordnet_source=args.wordnet_source, corpus=args.corpus,
         min_unigram_count=args.min_unigram_count, min_bigram_pmi=args.min_bigram_pmi,
-        min_bigram_count=args.min_bigram_count, titles=args.titles,
+        min_bigram_count=args.min_bigram_count, titles=args.titles, language=language,
     )
     entries = _union(sources)
-    write_metadata(entries, args.output)
+    write_metadata(entries, output)
     per_source = ", ".join(f"{name} {len(items)}" for name, items in sources.items())
-    print(f"metadata: {per_source}; {len(entries)} distinct entries -> {os.path.abspath(args.output)}")
+    what = "metadata" if language is None else f"metadata {language}"
+    note = " (written without spaces: entries match inside runs of text)" if language and is_no_space_language(language) else ""
+    print(f"{what}: {per_source}; {len(entries)} distinct entries{note} -> {os.path.abspath(output)}")
     return 0
 
 

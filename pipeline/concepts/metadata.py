@@ -12,6 +12,7 @@ import shutil
 import string
 import tempfile
 import time
+import unicodedata
 import uuid
 import warnings
 from collections import Counter
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from pipeline.core.errors import UserError
-from pipeline.kernels.matcher import WRAPPED
+from pipeline.kernels.matcher import WRAPPED, is_cjk_or_similar
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,8 @@ def corpus_ngrams(
     min_unigram_count: int,
     min_bigram_pmi: float,
     min_bigram_count: int = 5,
+    *,
+    nfc: bool = False,
 ) -> tuple[list[str], list[str]]:
     """Frequent unigrams and high-PMI bigrams of a plain-text corpus, each list sorted.
 
@@ -252,7 +255,8 @@ def corpus_ngrams(
     of token a directly followed by token b,
         PMI(a, b) = log2( p(a,b) / (p(a) p(b)) ),  p(a,b) = c(a b) / N,  p(w) = c(w) / N,
     that is log2( c(a b) * N / (c(a) * c(b)) ). Bigrams with c(a b) < min_bigram_count are
-    skipped: with few observations PMI rewards chance pairs of rare words.
+    skipped: with few observations PMI rewards chance pairs of rare words. With `nfc` each
+    line is NFC-normalised first, so a composed and a decomposed "é" count as one word.
     """
     if min_unigram_count < 1:
         raise MetadataError(f"min_unigram_count must be >= 1, got {min_unigram_count}")
@@ -267,7 +271,7 @@ def corpus_ngrams(
     bigrams: Counter[tuple[str, str]] = Counter()
     for path in paths:
         for line in _lines(path):
-            for run in _segments(line):
+            for run in _segments(unicodedata.normalize("NFC", line) if nfc else line):
                 unigrams.update(run)
                 bigrams.update(zip(run, run[1:], strict=False))  # adjacent pairs
     total = sum(unigrams.values())
@@ -297,6 +301,87 @@ def read_titles(path: str) -> list[str]:
     return [t for t in (line.strip() for line in _lines(path)) if t]
 
 
+# --------------------------------------------------------------------------- languages
+
+# MetaCLIP 2's languages written without spaces (its metadata/build_ngram.py set, in Wikipedia's
+# codes). Whitespace splits their text into clauses or whole lines, not words, so unigram counts
+# and bigram PMI over such tokens are meaningless. MetaCLIP 2 ran a word segmenter per language
+# (jieba, MeCab, PyThaiNLP, botok, ...); this builder ships none and does not pretend to segment.
+NO_SPACE_LANGUAGES = frozenset({"bo", "dz", "ja", "km", "lo", "my", "ryu", "th", "zh", "zh_classical", "zh_yue"})
+# A code becomes a file name (<code>.json) that the match stage reads back as the language: letters
+# and digits in parts joined by "-" or "_" ("en", "zh-Hans", "zh_yue", "be-tarask", "other").
+_LANGUAGE_CODE = re.compile(r"[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*")
+# The corpus of a language outside that set is still refused when most of its letters belong to
+# scripts written without spaces (a "yue" or "wuu" corpus, a mislabelled file). Judged on its
+# first letters only, so that a wrong corpus is refused before a full pass over it.
+_SCRIPT_SAMPLE_LETTERS = 1_000_000
+_MAX_NO_SPACE_SHARE = 0.5
+# Kana is written without spaces too, though MetaCLIP 2's padding rule leaves it out.
+_KANA = ((0x3040, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9F))
+_NO_SEGMENTATION = (
+    "give its words or titles with --from-titles FILE (one entry per line); "
+    "word segmentation is not done here"
+)
+
+
+def check_language_code(code: str) -> str:
+    """`code` if it can name a per-language metadata list (<code>.json), else a MetadataError."""
+    if len(code) > 32 or not _LANGUAGE_CODE.fullmatch(code):
+        raise MetadataError(
+            f"{code!r} is not a language code: use letters and digits, parts joined by '-' or '_' "
+            "(en, de, zh-Hans, zh_yue, other)"
+        )
+    return code
+
+
+def is_no_space_language(code: str) -> bool:
+    """True for MetaCLIP 2's languages written without spaces, by code or by its base ("zh-Hans")."""
+    norm = code.lower().replace("-", "_")
+    return norm in NO_SPACE_LANGUAGES or norm.split("_")[0] in NO_SPACE_LANGUAGES
+
+
+def _no_space_script(char: str) -> bool:
+    code = ord(char)
+    return is_cjk_or_similar(char) or any(lo <= code <= hi for lo, hi in _KANA)
+
+
+def no_space_script_share(paths: Sequence[str], letters: int = _SCRIPT_SAMPLE_LETTERS) -> float:
+    """Share of the corpus's first `letters` letters (and combining marks) in scripts written without spaces."""
+    seen = no_space = 0
+    for path in paths:
+        for line in _lines(path):
+            for char in line:
+                if unicodedata.category(char)[0] in "LM":
+                    seen += 1
+                    no_space += _no_space_script(char)
+            if seen >= letters:
+                return no_space / seen
+    return no_space / seen if seen else 0.0
+
+
+def _check_language_sources(language: str, wordnet: bool, corpus: Sequence[str] | None) -> None:
+    """Refuse what a per-language build cannot do honestly, before any source is read in full."""
+    if wordnet and language.lower().replace("_", "-").split("-")[0] != "en":
+        raise MetadataError(
+            f"--wordnet gives English WordNet 3.0 lemmas; they are not a {language} list "
+            "(give that language's WordNet lemmas with --from-titles FILE)"
+        )
+    if not corpus:
+        return
+    if is_no_space_language(language):
+        raise MetadataError(
+            f"{language} is written without spaces, so whitespace tokens are not words and unigram/bigram/PMI "
+            f"mining (--corpus) cannot run; {_NO_SEGMENTATION}"
+        )
+    share = no_space_script_share(corpus)
+    if share > _MAX_NO_SPACE_SHARE:
+        raise MetadataError(
+            f"the --corpus given for {language} is {share:.0%} letters of scripts written without spaces "
+            f"(CJK, kana, Thai, Lao, Burmese, Khmer, Tibetan), so unigram/bigram/PMI mining cannot run; "
+            f"{_NO_SEGMENTATION}"
+        )
+
+
 # --------------------------------------------------------------------------- build and write
 
 
@@ -311,10 +396,19 @@ def _collect_sources(
     min_bigram_pmi: float = 30.0,
     min_bigram_count: int = 5,
     titles: str | None = None,
+    language: str | None = None,
 ) -> dict[str, list[str]]:
-    """Each selected source's entries, in MetaCLIP's order (which fixes the ids)."""
+    """Each selected source's entries, in MetaCLIP's order (which fixes the ids).
+
+    With `language` the sources make that language's list: checked first (see
+    `_check_language_sources`), then every entry NFC-normalised, as Wikipedia stores its text,
+    so that "é" composed and decomposed give one entry.
+    """
     if not (numbers or wordnet or corpus or titles):
         raise MetadataError("no source selected: choose numbers, wordnet, a corpus or titles")
+    if language is not None:
+        check_language_code(language)
+        _check_language_sources(language, wordnet, corpus)
     sources: dict[str, list[str]] = {}
     if numbers:
         sources["numbers"] = _numbers()
@@ -322,10 +416,12 @@ def _collect_sources(
         sources["wordnet"] = wordnet_lemmas(wordnet_dir, wordnet_source)
     if corpus:
         sources["unigrams"], sources["bigrams"] = corpus_ngrams(
-            corpus, min_unigram_count, min_bigram_pmi, min_bigram_count
+            corpus, min_unigram_count, min_bigram_pmi, min_bigram_count, nfc=language is not None
         )
     if titles:
         sources["titles"] = read_titles(titles)
+    if language is not None:
+        sources = {name: [unicodedata.normalize("NFC", e) for e in items] for name, items in sources.items()}
     return sources
 
 
@@ -356,19 +452,45 @@ def build_metadata(
     min_bigram_pmi: float = 30.0,
     min_bigram_count: int = 5,
     titles: str | None = None,
+    language: str | None = None,
 ) -> list[str]:
     """The concept list: numbers, WordNet lemmas, corpus unigrams, corpus bigrams, titles.
 
     Each entry appears once, at its first occurrence in that order, so an entry's id (its
-    index) depends only on the sources and thresholds.
+    index) depends only on the sources and thresholds. With `language`, one language's list
+    for a per-language metadata folder (see `_collect_sources`).
     """
     return _union(
         _collect_sources(
             numbers=numbers, wordnet=wordnet, wordnet_dir=wordnet_dir, wordnet_source=wordnet_source, corpus=corpus,
             min_unigram_count=min_unigram_count, min_bigram_pmi=min_bigram_pmi,
-            min_bigram_count=min_bigram_count, titles=titles,
+            min_bigram_count=min_bigram_count, titles=titles, language=language,
         )
     )
+
+
+def language_list_path(folder: str, language: str) -> str:
+    """Where one language's list goes in a per-language metadata folder: <folder>/<language>.json."""
+    check_language_code(language)
+    if folder.lower().endswith((".json", ".txt")) and not os.path.isdir(folder):
+        raise MetadataError(
+            f"with a language, the output is the metadata folder (the list goes to FOLDER/{language}.json), "
+            f"not a file: {folder}"
+        )
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise MetadataError(f"{folder}: is a file; with a language, the output is the metadata folder")
+    # The match stage reads <lang>.json and <lang>.txt and refuses a folder that holds both.
+    other = os.path.join(folder, f"{language}.txt")
+    if os.path.exists(other):
+        raise MetadataError(f"{other} exists: the match stage would find two {language} lists; remove it first")
+    return os.path.join(folder, f"{language}.json")
+
+
+def write_language_metadata(entries: Sequence[str], folder: str, language: str) -> str:
+    """Write one language's list into a per-language metadata folder; return the file's path."""
+    path = language_list_path(folder, language)
+    write_metadata(entries, path)
+    return path
 
 
 def write_metadata(entries: Sequence[str], path: str) -> None:

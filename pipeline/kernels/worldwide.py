@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 OTHER = "other"
 REFERENCE = "en"
-# One automaton holds about 0.5-1 kB per pattern; this keeps an executor's Python worker near
-# 1-2 GB however many languages its partitions carry.
+# An automaton holds about 0.25 kB per short pattern (bench/bench_match_worldwide.py), more for
+# long ones; this keeps an executor's Python worker within about 1 GB of automata however many
+# languages its partitions carry.
 MAX_PATTERNS = 2_000_000
 
 
@@ -188,8 +189,11 @@ class WorldMatcher:
         langs = np.asarray(languages, dtype=object)
         per = np.zeros(n, np.int64)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        known = set(self.meta.languages)
-        for lang in sorted(set(languages) & known):
+        present = set(languages) & set(self.meta.languages)
+        # Languages whose automaton is held go first, so a batch that needs more patterns than
+        # the cap evicts only what it has used already; the rest in code order.
+        held = [lang for lang in self._matchers if lang in present]
+        for lang in held + sorted(present - set(held)):
             rows = np.flatnonzero(langs == lang)
             offsets, values = self.matcher(lang).match_batch([texts[i] for i in rows])
             first, _ = self.meta.span(lang)

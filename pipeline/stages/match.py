@@ -125,6 +125,12 @@ def with_world_match_decisions(
     from pipeline.kernels.worldwide import get_world_matcher, metadata_language
 
     require_columns(df, ("uid", "text"), "match")
+    if len(meta.entries) > max_patterns:
+        # The automata can't all be held at once: order each partition by language (language
+        # ID first where the input has none), so each automaton is built about once per task.
+        if "language" not in df.columns:
+            df = with_language_id(df)
+        df = df.sortWithinPartitions("language")
     key = entries_fingerprint([*meta.entries, *meta.languages, *map(str, meta.starts)], mode)
     shared = df.sparkSession.sparkContext.broadcast(meta)
     mapping = dict(language_map or {})
@@ -179,6 +185,26 @@ def with_world_match_decisions(
         ),
     ).otherwise(F.concat(F.lit("no metadata list for language "), F.coalesce(F.col("language"), F.lit("(unknown)"))))
     return matched.withColumn("_reason", F.when(none, F.lit(R.NO_CONCEPT_MATCH))).withColumn("_detail", F.when(none, detail))
+
+
+def with_language_id(df):
+    """Add `language`, lid.176's code per text (null for blank texts). Needs: text."""
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    schema = T.StructType(df.schema.fields + [T.StructField("language", T.StringType(), True)])
+    text_index = df.columns.index("text")
+
+    def run(batches):
+        from pipeline.kernels.langid import identify
+
+        for batch in batches:
+            codes, _ = identify(batch.column(text_index).to_pylist())
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array(codes, pa.string())], schema=batch.schema.append(pa.field("language", pa.string()))
+            )
+
+    return df.mapInArrow(run, schema)
 
 
 # --------------------------------------------------------------------------- the stage
