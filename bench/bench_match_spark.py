@@ -117,8 +117,10 @@ def main() -> None:
         json.dump(entries, fh)
     df = spark.read.parquet(pool)
     tasks = df.rdd.getNumPartitions()
-    # Warm-up: start the Python workers and build their automata, as any long job would once.
-    with_entry_ids(df.limit(1000), entries).write.format("noop").mode("overwrite").save()
+    # Warm-up: start both Python workers and build their automata, as any long job would once
+    # (two concurrent tasks, so that each of local[2]'s workers builds one; a single task
+    # would leave the second worker's build inside the timed run).
+    with_entry_ids(df.limit(4000).repartition(2), entries).write.format("noop").mode("overwrite").save()
 
     def timed(action) -> float:
         start = time.perf_counter()
