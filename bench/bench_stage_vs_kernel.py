@@ -5,19 +5,26 @@ text; bench_cluster_prune_scale.write_pool, planted near duplicates):
 
   stage        the stage as a user runs it, `api.run_cluster(spark, input, run_root, cfg, force=True)`
                and `api.run_prune(spark, input, clusters, run_root, cfg, force=True)`: the first call
-               of that stage in this session (cold) and a second one (warm). Cluster runs first, so
-               only its cold call also pays for the session's first Python workers.
+               of that stage in this session (cold) and the best of --repeat later ones (warm).
+               Cluster runs first, so only its cold call also pays for the session's first Python
+               workers.
   kernel-only  the same work in this process without Spark: pyarrow reads the Parquet into numpy
                float32, the kernels run (pipeline.kernels.kmeans, semdedup, dbp), pyarrow writes the
                outputs (zstd, as the stages write).
                  cluster: the validity check, the sample (the k x sample_per_centroid rows with the
                  smallest xxhash64(seed, uid), ties by uid), train_kmeans, assign over every row,
-                 write uid, cluster_id, distance, top_clusters, top_distances and centroids.
-                 prune: read the embeddings and the cluster stage's assignments, group rows by
-                 cluster in numpy, dedup_cluster per cluster, DBP quotas (and the cap when set),
-                 write the kept rows (uid, cluster_id, distance, rank, text).
+                 write uid, cluster_id, distance, top_clusters, top_distances and centroids; with
+                 carry_input (the stage's default) also the embedding as binary float32 and the
+                 text, the rows sorted by cluster, as the stage writes them.
+                 prune: read the stage's cluster output (with carry_input: the embeddings are in it;
+                 --no-carry: read them from the pool and match them to the members by uid), group
+                 rows by cluster in numpy, dedup_cluster per cluster, DBP quotas (and the cap when
+                 set), write the kept rows (uid, cluster_id, distance, rank, text).
+               The best of --repeat runs counts.
   ratio        kernel-only / stage, warm (and cold): 1.0 would be a stage costing nothing beyond
-               its kernels.
+               its kernels. The kernel-only runs use one process (numpy's BLAS may use both cores
+               in matmuls); the stages run on local[2]. When --prune-k equals --k the sum of the
+               two stages is compared too (it does not depend on which stage writes the copy).
 
 The sample key is Spark's xxhash64 computed with the `xxhash` package when it is installed, so the
 kernel trains on the stage's points in the stage's order, and the line after the ratio says how many
@@ -27,10 +34,12 @@ cluster output and checks that it keeps the same uids. Not in kernel-only: the s
 similarity table, stats and markers (outputs a user gets from the stage, not kernel work).
 
 --scale runs cluster + prune at several pool sizes in one session (after an untimed warm-up):
-time, time per million rows and the peak RSS of the driver JVM, the Python workers and this process.
+time, time and CPU seconds per million rows, SemDeDup's pairs (sum over clusters of n_j (n_j - 1) / 2:
+at a fixed k they grow as N^2 / k, so prune's time per row grows with N) and the peak RSS of the
+driver JVM, the Python workers and this process.
 
     .venv/bin/python bench/bench_stage_vs_kernel.py                 # 200k x 64, k=1000, prune on k=200
-    .venv/bin/python bench/bench_stage_vs_kernel.py --n 1000000 --prune-k 1000
+    .venv/bin/python bench/bench_stage_vs_kernel.py --n 1000000 --prune-k 1000 --repeat 2
     .venv/bin/python bench/bench_stage_vs_kernel.py --scale --sizes 1000000,3000000,10000000
     --jobs lists each warm call's Spark jobs (Spark UI's REST API on 127.0.0.1) and the stage's log.
 """
@@ -66,7 +75,13 @@ from pipeline.api import run_cluster, run_prune  # noqa: E402
 from pipeline.core.config import SparkConfig  # noqa: E402
 from pipeline.core.spark import get_spark  # noqa: E402
 from pipeline.kernels.dbp import dbp_quotas, inter_cluster_distance  # noqa: E402
-from pipeline.kernels.kmeans import assign, centroids_bytes, train_kmeans  # noqa: E402
+from pipeline.kernels.kmeans import (  # noqa: E402
+    assign,
+    centroids_bytes,
+    embedding_problems,
+    float32_blobs,
+    train_kmeans,
+)
 from pipeline.kernels.semdedup import dedup_cluster, semantic_duplicates  # noqa: E402
 from pipeline.registry import PipelineConfig  # noqa: E402
 from pipeline.stages.cluster import ClusterConfig  # noqa: E402
@@ -156,10 +171,10 @@ def smallest_keys(keys: np.ndarray, uids: np.ndarray, n: int) -> np.ndarray:
 def kernel_cluster(pool: str, out: str, c: ClusterConfig, seed: int) -> tuple[Laps, dict]:
     """The cluster stage's work in numpy/FAISS/pyarrow: laps and facts for the report."""
     t = Laps()
-    table, x, usable = read_matrix(pool, ["uid", EMB])
+    table, x, usable = read_matrix(pool, ["uid", EMB, "text"] if c.carry_input else ["uid", EMB])
     uids = table.column("uid").combine_chunks()
     if not usable.all():
-        x, uids = x[usable], uids.filter(pa.array(usable))
+        x, uids, table = x[usable], uids.filter(pa.array(usable)), table.filter(pa.array(usable))
     t.lap("read")
     uid_list = uids.to_pylist()
     keys = spark_xxhash64(uid_list, seed)
@@ -175,17 +190,21 @@ def kernel_cluster(pool: str, out: str, c: ClusterConfig, seed: int) -> tuple[La
     t.lap("assign")
     m = ids.shape[1]
     offsets = pa.array(np.arange(len(ids) + 1, dtype=np.int32) * m)
+    columns = {
+        "uid": uids,
+        "cluster_id": ids[:, 0],
+        "distance": dist[:, 0],
+        "top_clusters": pa.ListArray.from_arrays(offsets, pa.array(ids.ravel())),
+        "top_distances": pa.ListArray.from_arrays(offsets, pa.array(dist.ravel())),
+    }
+    if c.carry_input:  # as the stage writes it: the input's rows too, clustered by cluster_id
+        columns[f"{EMB}_f32"] = float32_blobs(x, np.ones(len(x), bool))
+        columns["text"] = table.column("text")
+    out_table = pa.table(columns)
+    if c.carry_input:
+        out_table = out_table.take(pa.array(np.argsort(ids[:, 0], kind="stable")))
     os.makedirs(out)
-    pq.write_table(
-        pa.table({
-            "uid": uids,
-            "cluster_id": ids[:, 0],
-            "distance": dist[:, 0],
-            "top_clusters": pa.ListArray.from_arrays(offsets, pa.array(ids.ravel())),
-            "top_distances": pa.ListArray.from_arrays(offsets, pa.array(dist.ravel())),
-        }),
-        f"{out}/part-0.parquet", compression="zstd",
-    )
+    pq.write_table(out_table, f"{out}/part-0.parquet", compression="zstd")
     with open(f"{out}/centroids.npy", "wb") as fh:
         fh.write(centroids_bytes(trained["centroids"]))
     t.lap("write")
@@ -195,15 +214,28 @@ def kernel_cluster(pool: str, out: str, c: ClusterConfig, seed: int) -> tuple[La
 # --------------------------------------------------------------------------- kernel-only: prune
 
 
-def kernel_prune(pool: str, cluster_dir: str, out: str, p: PruneConfig) -> tuple[Laps, dict]:
-    """The prune stage's work (SemDeDup, DBP, cap) in numpy/pyarrow over the cluster stage's output."""
+def kernel_prune(pool: str, cluster_dir: str, out: str, p: PruneConfig, carried: bool) -> tuple[Laps, dict]:
+    """The prune stage's work (SemDeDup, DBP, cap) in numpy/pyarrow over the cluster stage's output.
+
+    `carried`: the cluster output holds the rows (embedding, text), as the stage then reads it;
+    otherwise the embeddings come from the pool, matched to the members by uid.
+    """
     t = Laps()
-    table, x, usable = read_matrix(pool, ["uid", EMB, "text"])
-    members = pq.read_table(f"{cluster_dir}/data", columns=["uid", "cluster_id", "distance"])
     centroids = np.load(f"{cluster_dir}/centroids.npy", allow_pickle=False)
-    t.lap("read")
-    row = pc.index_in(members.column("uid"), value_set=table.column("uid")).to_numpy(zero_copy_only=False)
-    row = row.astype(np.int64)  # (every member is in the pool: the generated pool has no nulls)
+    if carried:
+        table = pq.read_table(f"{cluster_dir}/data", columns=["uid", "cluster_id", "distance", f"{EMB}_f32", "text"])
+        usable, _, valid_x = embedding_problems(table.column(f"{EMB}_f32"), centroids.shape[1])
+        x = valid_x if usable.all() else np.zeros((len(usable), centroids.shape[1]), np.float32)
+        x[usable] = valid_x
+        members = table
+        t.lap("read")
+        row = np.arange(table.num_rows, dtype=np.int64)
+    else:
+        table, x, usable = read_matrix(pool, ["uid", EMB, "text"])
+        members = pq.read_table(f"{cluster_dir}/data", columns=["uid", "cluster_id", "distance"])
+        t.lap("read")
+        row = pc.index_in(members.column("uid"), value_set=table.column("uid")).to_numpy(zero_copy_only=False)
+        row = row.astype(np.int64)  # (every member is in the pool: the generated pool has no nulls)
     cid = members.column("cluster_id").to_numpy()
     keep_member = usable[row]
     row, cid = row[keep_member], cid[keep_member]
@@ -303,29 +335,61 @@ def print_jobs(jobs: list[dict], seconds: float, lines: list[str]) -> None:
         print(f"      log: {line}")
 
 
-def call_stage(spark, label: str, call, jobs: bool) -> tuple[float, dict, dict]:
-    """Seconds, stats and peak RSS of one stage call; with `jobs`, its Spark jobs and log printed."""
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system, reaped children included) of this process and its descendants:
+    the driver JVM and the Python workers. Less sensitive than wall time to other people's load."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(name)] = int(fields[1])
+            cpu[int(name)] = sum(int(v) for v in fields[11:15]) / tick
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += [c for c, p in parent.items() if p == pid]
+    return total
+
+
+def timed_cpu(fn):
+    """(fn's result, its CPU seconds in this process tree)."""
+    c0 = tree_cpu_seconds()
+    out = fn()
+    return out, tree_cpu_seconds() - c0
+
+
+def call_stage(spark, label: str, call, jobs: bool) -> tuple[float, dict, dict, float]:
+    """Seconds, stats, peak RSS and CPU seconds of one stage call; with `jobs`, its Spark jobs and log printed."""
     spark.sparkContext.setJobGroup(label, label)
     handler = LogLines()
     logging.getLogger("pipeline").addHandler(handler)
     try:
         with PeakMemory() as mem:
+            c0 = tree_cpu_seconds()
             t0 = time.perf_counter()
             stats = call().stats
             seconds = time.perf_counter() - t0
+            cpu = tree_cpu_seconds() - c0
     finally:
         logging.getLogger("pipeline").removeHandler(handler)
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     if jobs:
         print(f"    {label}: {seconds:.1f} s")
         print_jobs(spark_jobs(spark, label), seconds, handler.lines)
-    return seconds, stats, mem.peak
+    return seconds, stats, mem.peak, cpu
 
 
 def config(args, k: int) -> PipelineConfig:
     return PipelineConfig(
         seed=args.seed,
-        cluster=ClusterConfig(k=k, niter=args.niter, sample_per_centroid=args.sample_per_centroid),
+        cluster=ClusterConfig(k=k, niter=args.niter, sample_per_centroid=args.sample_per_centroid, carry_input=not args.no_carry),
         prune=PruneConfig(
             dedup_eps=args.dedup_eps, keep_fraction=args.keep_fraction, temperature=0.5, inter_k=20,
             max_per_cluster=args.max_per_cluster,
@@ -355,9 +419,9 @@ def make_pool(path: str, n: int, args) -> str:
     return f"pool: {n:,} x {args.dim} list<float32> in {files} files, written in {time.perf_counter() - t0:.1f} s"
 
 
-def ratio_line(name: str, warm: float, cold: float, kernel: float) -> str:
+def ratio_line(name: str, warm: float, cold: float, kernel: float, cpu: tuple[float, float]) -> str:
     return (f"{name}: stage {warm:.1f} s (cold {cold:.1f} s), kernel-only {kernel:.1f} s, "
-            f"ratio {kernel / warm:.2f} (cold {kernel / cold:.2f})")
+            f"ratio {kernel / warm:.2f} (cold {kernel / cold:.2f}); CPU s {cpu[0]:.1f} vs {cpu[1]:.1f}, ratio {cpu[1] / cpu[0]:.2f}")
 
 
 def compare(args, spark, work: str) -> None:
@@ -369,28 +433,35 @@ def compare(args, spark, work: str) -> None:
     prune_root = run_root if args.prune_k == args.k else os.path.join(work, f"run-k{args.prune_k}")
     pcfg = cfg if prune_root == run_root else config(args, args.prune_k)
     times: dict[str, tuple[float, float]] = {}
+    cpus: dict[str, float] = {}  # the stage's warm calls: the least CPU seconds
     for name in stages:
         if name == "cluster":
             calls = [call_stage(spark, f"cluster-{w}", lambda: run_cluster(spark, pool, run_root, cfg, force=True), args.jobs and w == "warm")
-                     for w in ("cold", "warm")]
-            times["cluster"] = (calls[1][0], calls[0][0])
-            s = calls[1][1]
-            print(f"  stage cluster (k={args.k}): cold {calls[0][0]:.1f} s, warm {calls[1][0]:.1f} s; "
-                  f"sample {s['sample_size']:,}, faiss train {s['train_seconds']:.1f} s")
+                     for w in ("cold", *["warm"] * args.repeat)]
+            warm = min(calls[1:], key=lambda c: c[0])
+            times["cluster"] = (warm[0], calls[0][0])
+            cpus["cluster"] = min(c[3] for c in calls[1:])
+            print(f"  stage cluster (k={args.k}): cold {calls[0][0]:.1f} s, warm {', '.join(f'{c[0]:.1f}' for c in calls[1:])} s; "
+                  f"sample {warm[1]['sample_size']:,}, faiss train {warm[1]['train_seconds']:.1f} s (in the best warm call)")
         if name == "prune":
             if not os.path.exists(os.path.join(prune_root, "cluster")):
-                seconds, _, _ = call_stage(spark, "cluster-prep", lambda: run_cluster(spark, pool, prune_root, pcfg, force=True), False)
+                seconds, _, _, _ = call_stage(spark, "cluster-prep", lambda: run_cluster(spark, pool, prune_root, pcfg, force=True), False)
                 print(f"  prune's input: cluster stage with k={args.prune_k} in {seconds:.1f} s (not counted)")
             calls = [call_stage(spark, f"prune-{w}", lambda: run_prune(spark, pool, None, prune_root, pcfg, force=True), args.jobs and w == "warm")
-                     for w in ("cold", "warm")]
-            times["prune"] = (calls[1][0], calls[0][0])
+                     for w in ("cold", *["warm"] * args.repeat)]
+            times["prune"] = (min(c[0] for c in calls[1:]), calls[0][0])
+            cpus["prune"] = min(c[3] for c in calls[1:])
             s = calls[1][1]
-            print(f"  stage prune (on k={args.prune_k} clusters): cold {calls[0][0]:.1f} s, warm {calls[1][0]:.1f} s; "
+            print(f"  stage prune (on k={args.prune_k} clusters): cold {calls[0][0]:.1f} s, warm {', '.join(f'{c[0]:.1f}' for c in calls[1:])} s; "
                   f"{s['members']:,} members, after dedup {s['after_dedup']:,}, after DBP {s['after_dbp']:,}, kept {s['kept']:,}")
 
     lines = []
+    kernels: dict[str, float] = {}
     if "cluster" in stages:
-        laps, got = kernel_cluster(pool, os.path.join(work, "kernel-cluster"), cfg.cluster, cfg.seed)
+        runs = [timed_cpu(lambda i=i: kernel_cluster(pool, os.path.join(work, f"kernel-cluster-{i}"), cfg.cluster, cfg.seed))
+                for i in range(args.repeat)]
+        (laps, got), _ = min(runs, key=lambda r: r[0][0].total)
+        kernel_cpu = min(r[1] for r in runs)
         stage_out = pq.read_table(f"{run_root}/cluster/data", columns=["uid", "cluster_id"])
         at = pc.index_in(got["uids"], value_set=stage_out.column("uid")).to_numpy(zero_copy_only=False)
         same = float(np.mean(stage_out.column("cluster_id").to_numpy()[at] == got["cluster_id"]))
@@ -398,18 +469,30 @@ def compare(args, spark, work: str) -> None:
               + ("by Spark's xxhash64 key: same rows and order as the stage" if got["exact_sample"]
                  else "by a numpy stand-in key (xxhash not installed): the stage's selection cost, other rows")
               + f"; {same:.2%} of rows in the stage's cluster")
-        lines.append(ratio_line("cluster", *times["cluster"], laps.total))
+        lines.append(ratio_line("cluster", *times["cluster"], laps.total, (cpus["cluster"], kernel_cpu)))
+        kernels["cluster"], kernels["cluster-cpu"] = laps.total, kernel_cpu
     if "prune" in stages:
-        laps, got = kernel_prune(pool, os.path.join(prune_root, "cluster"), os.path.join(work, "kernel-prune"), pcfg.prune)
+        runs = [timed_cpu(lambda i=i: kernel_prune(pool, os.path.join(prune_root, "cluster"), os.path.join(work, f"kernel-prune-{i}"),
+                                                   pcfg.prune, pcfg.cluster.carry_input)) for i in range(args.repeat)]
+        (laps, got), _ = min(runs, key=lambda r: r[0][0].total)
+        kernel_cpu = min(r[1] for r in runs)
         stage_kept = set(pq.read_table(f"{prune_root}/prune/data", columns=["uid"]).column("uid").to_pylist())
         diff = len(stage_kept ^ got["kept_uids"])
         print(f"  kernel-only prune: {laps.total:.1f} s ({laps}); after dedup {got['after_dedup']:,}, after DBP {got['after_dbp']:,}, "
               f"kept {len(got['kept_uids']):,}: " + ("the stage's uids" if diff == 0 else f"{diff:,} uids differ from the stage's"))
-        lines.append(ratio_line("prune", *times["prune"], laps.total))
+        lines.append(ratio_line("prune", *times["prune"], laps.total, (cpus["prune"], kernel_cpu)))
+        kernels["prune"], kernels["prune-cpu"] = laps.total, kernel_cpu
     print()
     print(f"kernel-only / stage on {args.n:,} x {args.dim}: cluster k={args.k}, prune on k={args.prune_k} clusters; "
-          "warm = a second call, cold = the stage's first call in this session (cluster ran first)")
+          f"warm = the best of {args.repeat} later call(s), kernel-only the best of {args.repeat}, cold = the stage's first "
+          f"call in this session (cluster ran first); carry_input {'off' if args.no_carry else 'on'}; "
+          f"load average {os.getloadavg()[0]:.2f} (1 min) at the end")
     print("\n".join(lines))
+    if len(times) == 2 and args.prune_k == args.k:
+        stage, kernel = times["cluster"][0] + times["prune"][0], kernels["cluster"] + kernels["prune"]
+        cpu = (cpus["cluster"] + cpus["prune"], kernels["cluster-cpu"] + kernels["prune-cpu"])
+        print(f"cluster + prune: stage {stage:.1f} s, kernel-only {kernel:.1f} s, ratio {kernel / stage:.2f}; "
+              f"CPU s {cpu[0]:.1f} vs {cpu[1]:.1f}, ratio {cpu[1] / cpu[0]:.2f}")
 
 
 def scale(args, spark, work: str) -> None:
@@ -425,16 +508,22 @@ def scale(args, spark, work: str) -> None:
         shutil.rmtree(pool), shutil.rmtree(run_root)
     print(f"cluster k={args.k} then prune on its clusters (dedup_eps {args.dedup_eps}, keep_fraction {args.keep_fraction}"
           f"{f', cap {args.max_per_cluster}' if args.max_per_cluster else ''}); peak RSS in MiB")
-    print(f"{'rows':>12} {'cluster s':>10} {'prune s':>8} {'total s':>8} {'s per 1M':>9} {'JVM':>7} {'worker max':>11} {'workers all':>12} {'driver py':>10}")
+    print(f"{'rows':>12} {'cluster s':>10} {'prune s':>8} {'total s':>8} {'s per 1M':>9} {'CPU s per 1M':>13} {'pairs 1e9':>10} "
+          f"{'prune s/1e9 pairs':>18} {'JVM':>7} {'worker max':>11} {'workers all':>12} {'driver py':>10} {'load':>5}")
     for n in sizes:
         pool, run_root = os.path.join(work, f"pool-{n}"), os.path.join(work, f"run-{n}")
         made = make_pool(pool, n, args)
-        c_s, _, c_mem = call_stage(spark, f"cluster-{n}", lambda: run_cluster(spark, pool, run_root, cfg, force=True), args.jobs)  # noqa: B023
-        p_s, _, p_mem = call_stage(spark, f"prune-{n}", lambda: run_prune(spark, pool, None, run_root, cfg, force=True), args.jobs)  # noqa: B023
+        c_s, _, c_mem, c_cpu = call_stage(spark, f"cluster-{n}", lambda: run_cluster(spark, pool, run_root, cfg, force=True), args.jobs)  # noqa: B023
+        p_s, _, p_mem, p_cpu = call_stage(spark, f"prune-{n}", lambda: run_prune(spark, pool, None, run_root, cfg, force=True), args.jobs)  # noqa: B023
         peak = {key: max(c_mem[key], p_mem[key]) for key in c_mem}
         total = c_s + p_s
-        print(f"{n:>12,} {c_s:>10.1f} {p_s:>8.1f} {total:>8.1f} {total / n * 1e6:>9.1f} {peak['jvm']:>7.0f} "
-              f"{peak['python_worker_max']:>11.0f} {peak['python_workers_total']:>12.0f} {peak['driver_python']:>10.0f}")
+        # SemDeDup's work: pairs within clusters, sum n_j (n_j - 1) / 2, which grows as N^2 / k at a fixed k
+        size = pq.read_table(f"{run_root}/prune/cluster_stats.parquet", columns=["size"]).column("size").to_numpy()
+        pairs = float((size * (size - 1) // 2).sum()) / 1e9
+        print(f"{n:>12,} {c_s:>10.1f} {p_s:>8.1f} {total:>8.1f} {total / n * 1e6:>9.1f} {(c_cpu + p_cpu) / n * 1e6:>13.1f} {pairs:>10.2f} "
+              f"{p_s / pairs:>18.1f} {peak['jvm']:>7.0f} "
+              f"{peak['python_worker_max']:>11.0f} {peak['python_workers_total']:>12.0f} {peak['driver_python']:>10.0f} {os.getloadavg()[0]:>5.1f}",
+              flush=True)
         if args.jobs:
             print(f"    {made}")
         shutil.rmtree(pool, ignore_errors=True)
@@ -453,6 +542,8 @@ def main() -> None:
     ap.add_argument("--keep-fraction", type=float, default=0.8)
     ap.add_argument("--max-per-cluster", type=int, default=None, help="prune's cap (default: off)")
     ap.add_argument("--stages", default="cluster,prune", help="compare mode: cluster, prune or both")
+    ap.add_argument("--repeat", type=int, default=1, help="compare mode: warm stage calls and kernel-only runs, the best of each counts")
+    ap.add_argument("--no-carry", action="store_true", help="cluster without carry_input: prune joins the assignment to the pool")
     ap.add_argument("--scale", action="store_true", help="cluster + prune at --sizes instead")
     ap.add_argument("--sizes", default="1000000,3000000,10000000")
     ap.add_argument("--warmup", type=int, default=20_000, help="--scale: untimed cluster + prune on this many rows first (0: none)")

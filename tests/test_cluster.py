@@ -118,6 +118,28 @@ def test_spark_assignment_exports_ties_by_lower_id_and_nulls_for_invalid_rows(sp
     assert z["_reason"] == "invalid_embedding" and z["_detail"] == "zero vector"
 
 
+def test_binary_float32_embeddings_are_checked_like_lists():
+    """embedding_problems on binary float32 rows: the list rules, and the bytes read back exactly."""
+    import pyarrow as pa
+
+    from pipeline.kernels.kmeans import embedding_problems, float32_blobs
+
+    f32 = lambda *v: np.array(v, "<f4").tobytes()  # noqa: E731
+    rows = [f32(1, 2, 3), None, f32(0, 0, 0), f32(1, 2), b"abcde", f32(1, float("nan"), 2), f32(4, float("inf"), 0), f32(-1.5, 0, 2**-20)]
+    valid, why, x = embedding_problems(pa.array(rows, pa.binary()), 3)
+    assert valid.tolist() == [True, False, False, False, False, False, False, True]
+    assert why == [None, "no embedding", "zero vector", "dimension 2, expected 3", "5 bytes, not float32 values",
+                   "NaN or infinite value", "NaN or infinite value", None]
+    assert x.dtype == np.float32 and x.tolist() == [[1, 2, 3], [-1.5, 0, 2**-20]]
+    # float32_blobs writes valid rows back to back, null elsewhere; a slice reads the same rows
+    blobs = float32_blobs(np.array([[1, 2, 3], [4, 5, 6]], np.float32), np.array([True, False, True]))
+    assert blobs.to_pylist() == [f32(1, 2, 3), None, f32(4, 5, 6)]
+    valid, why, x = embedding_problems(blobs.slice(1), 3)
+    assert valid.tolist() == [False, True] and why == ["no embedding", None] and x.tolist() == [[4, 5, 6]]
+    whole = float32_blobs(np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], np.float32), np.ones(3, bool))
+    assert embedding_problems(whole.slice(1), 3)[2].tolist() == [[4, 5, 6], [7, 8, 9]]  # (all rows whole: a view)
+
+
 def test_kmeans_objective_beats_random_centroids_and_k_above_points_is_an_error():
     x = mixture(600, 8, centers=6, seed=1)
     out = train_kmeans(x, 6, niter=15, seed=0, spherical=True)
@@ -184,6 +206,30 @@ def test_run_cluster_assigns_every_valid_row_to_its_nearest_centroid(spark, clus
     # trained on a GPU exactly when faiss sees one (the stage has no device setting: auto)
     assert stats["gpu"] is (faiss.get_num_gpus() > 0)
     assert_matches_contract(spark.read.parquet(f"{clustered['run']}/cluster/data"), "cluster")
+    # carry_input (default): the embedding as float32 bytes, then the scalar columns;
+    # text_embedding, another float array, stays in the input
+    assert out.columns.tolist() == ["uid", "cluster_id", "distance", "top_clusters", "top_distances", "image_embedding_f32", "text"]
+    carried = np.stack([np.frombuffer(b, "<f4") for b in out.image_embedding_f32])
+    np.testing.assert_array_equal(carried, clustered["x"][valid])
+    assert out.text.tolist() == [f"caption {clustered['uids'][i]}" for i in valid]
+    assert stats["carried"] == ["image_embedding_f32", "text"] and stats["clustered_by"] == "cluster_id"
+
+
+def test_cluster_output_files_hold_whole_clusters_in_runs(clustered):
+    """Each written file holds whole clusters, each as one run of rows: what prune's walk reads."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    owner: dict[int, str] = {}
+    files = sorted(glob.glob(f"{clustered['run']}/cluster/data/*.parquet"))
+    for path in files:
+        ids = pq.read_table(path, columns=["cluster_id"]).column("cluster_id").to_pylist()
+        runs = [c for i, c in enumerate(ids) if i == 0 or c != ids[i - 1]]
+        assert len(runs) == len(set(runs)), (path, runs)  # no cluster id comes back after another
+        for c in runs:
+            assert owner.setdefault(c, path) == path, f"cluster {c} in {owner[c]} and {path}"
+    assert sorted(owner) == [0, 1, 2, 3, 4] and len(files) >= 2  # (the files are a real split)
 
 
 def test_run_cluster_trains_on_the_valid_rows_with_the_smallest_seeded_hashes(spark, clustered):
@@ -234,8 +280,10 @@ def test_cluster_is_partition_invariant_and_skips_when_complete(spark, clustered
     np.testing.assert_array_equal(a, b)
     da = spark.read.parquet(f"{clustered['run']}/cluster/data").toPandas().sort_values("uid").reset_index(drop=True)
     db = spark.read.parquet(str(tmp_path / "run" / "cluster" / "data")).toPandas().sort_values("uid").reset_index(drop=True)
-    assert da.drop(columns=["top_clusters", "top_distances"]).equals(db.drop(columns=["top_clusters", "top_distances"]))
-    assert [list(v) for v in da.top_clusters] == [list(v) for v in db.top_clusters]
+    arrays = ["top_clusters", "top_distances"]
+    assert da.drop(columns=arrays).equals(db.drop(columns=arrays))
+    for col in arrays:
+        assert [list(v) for v in da[col]] == [list(v) for v in db[col]], col
 
 
 def test_curate_cluster_in_a_child_equals_the_api_and_logs_quietly(clustered, tmp_path):

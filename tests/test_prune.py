@@ -344,6 +344,7 @@ def reference_prune(spark, pruned, cfg=CFG) -> dict:
 
 
 def test_prune_equals_the_reference(spark, pruned):
+    assert pruned["result"].stats["members_from"] == "clustered cluster output"  # the walk, no join
     ref = reference_prune(spark, pruned)
     ledger = spark.read.parquet(f"{pruned['run']}/decisions/stage=prune").toPandas()
     assert len(ledger) == len(ref["reasons"]) and ledger.uid.is_unique
@@ -404,9 +405,16 @@ def test_similarity_table_and_cluster_stats(spark, pruned):
 
 def test_prune_output_is_partition_invariant(spark, pruned, tmp_path):
     other = str(tmp_path / "run")
-    with sql_conf(spark, {"spark.sql.files.maxPartitionBytes": "8192", "spark.sql.files.openCostInBytes": "0", "spark.sql.shuffle.partitions": "7"}):
+    # small file splits, 7 shuffle partitions, Parquet row groups of a few rows and Arrow batches
+    # of 7 rows: prune's walk must read each cluster output file whole (a split can start at any
+    # row group) and join a cluster's rows across batches
+    small = {"spark.sql.files.maxPartitionBytes": "8192", "spark.sql.files.openCostInBytes": "0", "spark.sql.shuffle.partitions": "7",
+             "parquet.block.size": "4096", "parquet.block.size.row.check.min": "8", "parquet.block.size.row.check.max": "8",
+             "spark.sql.execution.arrow.maxRecordsPerBatch": "7"}
+    with sql_conf(spark, small):
         assert spark.read.parquet(pruned["emb"]).rdd.getNumPartitions() > 3
         cluster_and_prune(spark, pruned["emb"], other)
+        assert spark.read.parquet(f"{other}/cluster/data").rdd.getNumPartitions() > 7  # (the files do split)
     with sql_conf(spark, {"spark.sql.shuffle.partitions": "1"}):
         cluster_and_prune(spark, pruned["emb"], pruned["run"])  # complete: skipped, same config
     for rel, key in (("prune/data", "uid"), ("decisions/stage=prune", "uid"), ("prune/similarity", "uid")):
@@ -416,6 +424,41 @@ def test_prune_output_is_partition_invariant(spark, pruned, tmp_path):
     import pandas as pd
 
     assert pd.read_parquet(f"{pruned['run']}/prune/cluster_stats.parquet").equals(pd.read_parquet(f"{other}/prune/cluster_stats.parquet"))
+
+
+def test_joined_and_clustered_inputs_give_the_same_outputs(spark, pruned, tmp_path):
+    """The cluster output without the input's rows (carry_input off): prune joins it to the
+    embeddings and groups by cluster, and must write what the walk over the clustered copy wrote."""
+    import dataclasses
+
+    import pandas as pd
+
+    cfg = dataclasses.replace(CFG, cluster=dataclasses.replace(CFG.cluster, carry_input=False))
+    other = str(tmp_path / "run")
+    result = cluster_and_prune(spark, pruned["emb"], other, cfg)
+    assert result.stats["members_from"] == "cluster output joined to the input"
+    assert spark.read.parquet(f"{other}/cluster/data").columns == ["uid", "cluster_id", "distance", "top_clusters", "top_distances"]
+    for rel in ("prune/data", "decisions/stage=prune", "prune/similarity"):
+        a = spark.read.parquet(f"{pruned['run']}/{rel}").toPandas().sort_values("uid").reset_index(drop=True)
+        b = spark.read.parquet(f"{other}/{rel}").toPandas().sort_values("uid").reset_index(drop=True)
+        assert len(a) > 0 and a.equals(b), rel
+    assert pd.read_parquet(f"{pruned['run']}/prune/cluster_stats.parquet").equals(pd.read_parquet(f"{other}/prune/cluster_stats.parquet"))
+
+
+def test_a_cluster_read_in_pieces_is_refused(spark, pruned, tmp_path):
+    """A cluster output whose stats say clustered but whose rows are not (shuffled over three
+    files): a cluster ranked in pieces would miss pairs across them, so prune stops."""
+    from pyspark.sql import functions as F
+
+    from pipeline.api import run_prune
+    from pipeline.stages.prune import PruneError
+
+    shutil.copytree(f"{pruned['run']}/cluster", tmp_path / "c" / "cluster")
+    rows = spark.read.parquet(f"{pruned['run']}/cluster/data").orderBy(F.rand(1)).repartition(3)
+    shutil.rmtree(tmp_path / "c" / "cluster" / "data")
+    rows.write.parquet(str(tmp_path / "c" / "cluster" / "data"))
+    with pytest.raises(PruneError, match="read in more than one piece"):
+        run_prune(spark, pruned["emb"], str(tmp_path / "c"), str(tmp_path / "run"), CFG)
 
 
 def test_rethreshold_a_stored_similarity_table_without_embeddings(spark, pruned, tmp_path):

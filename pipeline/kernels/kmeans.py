@@ -154,10 +154,11 @@ def centroids_bytes(centroids: np.ndarray) -> bytes:
 
 
 def embedding_problems(emb, dim: int) -> tuple[np.ndarray, list[str | None], np.ndarray]:
-    """Check an Arrow list<float> column of embeddings: (valid mask, why each row is not, valid rows as float32).
+    """Check an Arrow column of embeddings: (valid mask, why each row is not, valid rows as float32).
 
-    A row cannot be used when it is null, has another length than `dim`, holds a null value,
-    a NaN or an infinite value, or is all zeros (its direction is undefined).
+    The column is list<float> (or list<double>), or binary holding little-endian float32 values
+    (float32_blobs). A row cannot be used when it is null, has another length than `dim`, holds a
+    null value, a NaN or an infinite value, or is all zeros (its direction is undefined).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -165,14 +166,25 @@ def embedding_problems(emb, dim: int) -> tuple[np.ndarray, list[str | None], np.
     if isinstance(emb, pa.ChunkedArray):
         emb = emb.combine_chunks() if emb.num_chunks else pa.array([], emb.type)
     n = len(emb)
+    whole = _whole_rows(emb, dim)
+    if whole is not None:  # the common case, in a few vector passes: every row there, dim values
+        ok = np.isfinite(whole).all(axis=1) & (whole != 0).any(axis=1)
+        if ok.all():
+            return ok, [None] * n, whole
     missing = emb.is_null().to_numpy(zero_copy_only=False)
-    lengths = pc.list_value_length(emb).fill_null(0).to_numpy(zero_copy_only=False)
-    values = pc.list_flatten(emb)
-    parents = pc.list_parent_indices(emb).to_numpy(zero_copy_only=False)
-    holes = values.is_null().to_numpy(zero_copy_only=False)
-    has_hole = np.zeros(n, bool)
-    has_hole[parents[holes]] = True
-    flat = values.fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if pa.types.is_binary(emb.type) or pa.types.is_large_binary(emb.type):
+        nbytes = pc.binary_length(emb).fill_null(0).to_numpy(zero_copy_only=False)
+        lengths = np.where(nbytes % 4 == 0, nbytes // 4, -1)
+        has_hole = np.zeros(n, bool)
+        flat, parents = _blob_values(emb, nbytes, missing | (lengths != dim), dim)
+    else:
+        lengths = pc.list_value_length(emb).fill_null(0).to_numpy(zero_copy_only=False)
+        values = pc.list_flatten(emb)
+        parents = pc.list_parent_indices(emb).to_numpy(zero_copy_only=False)
+        holes = values.is_null().to_numpy(zero_copy_only=False)
+        has_hole = np.zeros(n, bool)
+        has_hole[parents[holes]] = True
+        flat = values.fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     with np.errstate(over="ignore", invalid="ignore"):
         sq = np.bincount(parents, weights=np.square(flat.astype(np.float64)), minlength=n)
     detail: list[str | None] = [None] * n
@@ -181,7 +193,7 @@ def embedding_problems(emb, dim: int) -> tuple[np.ndarray, list[str | None], np.
         if missing[i]:
             detail[i] = "no embedding"
         elif lengths[i] != dim:
-            detail[i] = f"dimension {lengths[i]}, expected {dim}"
+            detail[i] = f"dimension {lengths[i]}, expected {dim}" if lengths[i] >= 0 else f"{nbytes[i]} bytes, not float32 values"
         elif has_hole[i]:
             detail[i] = "null value"
         elif not np.isfinite(sq[i]):
@@ -190,3 +202,56 @@ def embedding_problems(emb, dim: int) -> tuple[np.ndarray, list[str | None], np.
             detail[i] = "zero vector"
     valid = ~bad
     return valid, detail, flat[valid[parents]].reshape(int(valid.sum()), dim)
+
+
+def _whole_rows(emb, dim: int) -> np.ndarray | None:
+    """The column as an (n, dim) float32 matrix when no row is null or of another length and no
+    value is null (a view where the values are float32 already), else None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if emb.null_count:
+        return None
+    n = len(emb)
+    if pa.types.is_binary(emb.type) or pa.types.is_large_binary(emb.type):
+        width = np.int64 if pa.types.is_large_binary(emb.type) else np.int32
+        offsets = np.frombuffer(emb.buffers()[1], width)[emb.offset : emb.offset + n + 1]
+        if n and not (np.diff(offsets) == dim * 4).all():
+            return None
+        data = np.frombuffer(emb.buffers()[2], np.uint8) if n else np.zeros(0, np.uint8)
+        return data[offsets[0] : offsets[0] + n * dim * 4].view("<f4").astype(np.float32, copy=False).reshape(n, dim)
+    lengths = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
+    if n and not (lengths == dim).all():
+        return None
+    values = pc.list_flatten(emb)
+    if values.null_count:
+        return None
+    return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+
+
+def _blob_values(emb, nbytes: np.ndarray, skip: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 values of a binary column's rows of `dim` values (others skipped), and each value's row."""
+    import pyarrow as pa
+
+    width = np.int64 if pa.types.is_large_binary(emb.type) else np.int32
+    offsets = np.frombuffer(emb.buffers()[1], width)[emb.offset : emb.offset + len(emb) + 1].astype(np.int64)
+    data = np.frombuffer(emb.buffers()[2], np.uint8) if emb.buffers()[2] is not None else np.zeros(0, np.uint8)
+    rows = np.flatnonzero(~skip)
+    if len(rows) == len(emb) and (len(rows) == 0 or offsets[-1] - offsets[0] == len(rows) * dim * 4):
+        flat = data[offsets[0] : offsets[-1]].view("<f4")  # every row whole and back to back: a view
+    else:
+        flat = data[(offsets[rows, None] + np.arange(dim * 4)).ravel()].view("<f4")
+    return flat.astype(np.float32, copy=False), np.repeat(rows, dim)
+
+
+def float32_blobs(x: np.ndarray, valid: np.ndarray):
+    """The rows of `x` (one per True of `valid`, in order) as an Arrow binary column of dim
+    little-endian float32 values each, null where `valid` is False."""
+    import pyarrow as pa
+
+    x = np.ascontiguousarray(x, "<f4")
+    width = x.shape[1] * 4 if x.ndim == 2 else 0
+    offsets = np.zeros(len(valid) + 1, np.int32)
+    np.cumsum(np.where(valid, width, 0), out=offsets[1:])
+    mask = None if valid.all() else pa.array(valid).buffers()[1]
+    return pa.Array.from_buffers(pa.binary(), len(valid), [mask, pa.py_buffer(offsets), pa.py_buffer(x)], null_count=int((~valid).sum()))

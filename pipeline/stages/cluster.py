@@ -4,6 +4,12 @@ Kernels (numpy, FAISS) first, the Spark adapter and the stage runner after. Trai
 driver on at most k x sample_per_centroid points (one GPU when faiss has one, else CPU); the sample
 is the points with the smallest xxhash64(seed, uid), so it is the same on any partitioning.
 Assignment broadcasts the centroids and runs a numpy matmul per Arrow batch on the executors.
+
+By default the output also carries the input's rows (the embedding as binary float32, the scalar
+columns), written clustered: hash-partitioned by cluster_id and sorted by it within each file, so
+every cluster is whole and contiguous in one file. Prune then reads this one table and walks each
+file's clusters in order, with no join and no shuffle. The cost is a second copy of the embeddings
+on disk (`carry_input` off writes the assignment only; prune then joins it to the embeddings).
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +30,7 @@ from pipeline.kernels.kmeans import (
     assign,
     centroids_bytes,
     embedding_problems,
+    float32_blobs,
     require_faiss,
     train_kmeans,
 )
@@ -40,6 +49,9 @@ class ClusterConfig:
     embedding_col: str = "image_embedding"
     # Embedding dimension; None = the most common length in the input (others are invalid rows).
     dim: int | None = None
+    # Write the input's rows with their assignment (the embedding as binary float32, the scalar
+    # columns), clustered by cluster_id, so prune needs no join: a second copy of the embeddings.
+    carry_input: bool = True
 
     def validate(self, where: str) -> None:
         for name in ("k", "sample_per_centroid", "niter", "top_m"):
@@ -59,28 +71,6 @@ def load_centroids(fs, path: str) -> np.ndarray:
 
 
 # --- Spark adapter ----------------------------------------------------------------------------
-
-
-def with_embedding_check(df, col: str, dim: int):
-    """Adds `_emb` (the column as array<float>) and `_detail`: why it cannot be used, null when it can.
-
-    One pass over the values: their sum of squares in double is null for a null value, NaN or
-    inf for a NaN or infinite one (float32 squares cannot overflow a double), 0 for a zero vector.
-    """
-    from pyspark.sql import functions as F
-
-    e = F.col("_emb")
-    square_norm = F.aggregate(e, F.lit(0.0).cast("double"), lambda acc, v: acc + v.cast("double") * v.cast("double"))
-    checked = df.withColumn("_emb", F.col(col).cast("array<float>")).withColumn("_sq", square_norm)
-    sq = F.col("_sq")
-    detail = (
-        F.when(e.isNull(), F.lit("no embedding"))
-        .when(F.size(e) != dim, F.format_string(f"dimension %d, expected {dim}", F.size(e)))
-        .when(sq.isNull(), F.lit("null value"))
-        .when(F.isnan(sq) | (sq == F.lit(float("inf"))), F.lit("NaN or infinite value"))
-        .when(sq == 0, F.lit("zero vector"))
-    )
-    return checked.withColumn("_detail", detail).drop("_sq")
 
 
 def known_dimension(ctx: Context) -> int | None:
@@ -120,11 +110,14 @@ def sample_embeddings(candidates, seed: int, n: int, dim: int) -> tuple[np.ndarr
     from pyspark.sql import functions as F
 
     key = F.xxhash64(F.lit(int(seed)), F.col("uid"))
-    ordered = candidates.select("uid", "_emb", key.alias("_key")).orderBy("_key", "uid")
+    keyed = candidates.select("uid", "_emb", key.alias("_key"))
     fetch = n + n // 100 + 16
     while True:
-        table = ordered.limit(fetch).toArrow()
-        table = table.sort_by([("_key", "ascending"), ("uid", "ascending")])
+        # The fetch-th smallest key first, sorting keys alone, then the rows up to it: cheaper than
+        # a top-fetch sort of rows carrying their embeddings (2.0 vs 2.6 s at 1M x 64).
+        cut = keyed.select("_key").orderBy("_key").limit(fetch).agg(F.max("_key")).first()[0]
+        table = keyed.where(F.col("_key") <= F.lit(cut)).toArrow() if cut is not None else keyed.limit(0).toArrow()
+        table = table.sort_by([("_key", "ascending"), ("uid", "ascending")]).slice(0, fetch)
         valid, _, x = embedding_problems(table.column("_emb"), dim)
         if int(valid.sum()) >= n or table.num_rows < fetch:
             uids = [u for u, ok in zip(table.column("uid").to_pylist(), valid, strict=True) if ok]
@@ -132,19 +125,25 @@ def sample_embeddings(candidates, seed: int, n: int, dim: int) -> tuple[np.ndarr
         fetch *= 2
 
 
-def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spherical: bool):
+def with_cluster_assignments(
+    checked, centroids: np.ndarray, top_m: int, spherical: bool, carry: Sequence[str] = (), blob: str | None = None
+):
     """Needs uid and _emb (array<float>). Adds cluster_id, distance, top_clusters, top_distances,
     and _reason/_detail (invalid_embedding, and why) for rows that are not valid embeddings,
-    checked in the adapter's numpy (embedding_problems) in the same pass."""
+    checked in the adapter's numpy (embedding_problems) in the same pass. The columns of `carry`
+    pass through unchanged after those; `blob` names a column added last: the embedding as
+    binary little-endian float32 (float32_blobs), null for invalid rows."""
     import pyarrow as pa
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import to_arrow_type
 
     from pipeline.core import reasons as R
 
     shared = checked.sparkSession.sparkContext.broadcast(np.asarray(centroids, np.float32))
     dim = centroids.shape[1]
     m = min(top_m, len(centroids))
+    carried = [checked.schema[c] for c in carry]
     out_schema = T.StructType([
         T.StructField("uid", T.StringType(), False),
         T.StructField("cluster_id", T.IntegerType(), True),
@@ -152,13 +151,18 @@ def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spheric
         T.StructField("top_clusters", T.ArrayType(T.IntegerType(), False), True),
         T.StructField("top_distances", T.ArrayType(T.FloatType(), False), True),
         T.StructField("_detail", T.StringType(), True),
+        *carried,
+        *([T.StructField(blob, T.BinaryType(), True)] if blob else []),
     ])
     arrow_schema = pa.schema([
         pa.field("uid", pa.string(), False), pa.field("cluster_id", pa.int32()), pa.field("distance", pa.float32()),
         pa.field("top_clusters", pa.list_(pa.field("element", pa.int32(), False))),
         pa.field("top_distances", pa.list_(pa.field("element", pa.float32(), False))),
         pa.field("_detail", pa.string()),
+        *[pa.field(f.name, to_arrow_type(f.dataType), f.nullable) for f in carried],
+        *([pa.field(blob, pa.binary())] if blob else []),
     ])
+    names = [f.name for f in carried]
 
     def run(batches):
         c = shared.value
@@ -178,12 +182,47 @@ def with_cluster_assignments(checked, centroids: np.ndarray, top_m: int, spheric
                     pa.ListArray.from_arrays(offsets, pa.array(ids.ravel(), pa.int32()), mask=pa.array(invalid)).cast(arrow_schema.field("top_clusters").type),
                     pa.ListArray.from_arrays(offsets, pa.array(dist.ravel(), pa.float32()), mask=pa.array(invalid)).cast(arrow_schema.field("top_distances").type),
                     pa.array(why, pa.string()),
+                    *[batch.column(n) for n in names],
+                    *([float32_blobs(x, valid)] if blob else []),
                 ],
                 schema=arrow_schema,
             )
 
-    out = checked.select("uid", "_emb").mapInArrow(run, out_schema)
+    out = checked.select("uid", "_emb", *names).mapInArrow(run, out_schema)
     return out.withColumn("_reason", F.when(F.col("_detail").isNotNull(), F.lit(R.INVALID_EMBEDDING)))
+
+
+def blob_column(embedding_col: str) -> str:
+    """The output column carrying the embedding as binary float32 (carry_input)."""
+    return f"{embedding_col}_f32"
+
+
+def carried_columns(df, embedding_col: str) -> list[str]:
+    """The input's columns the output carries besides the embedding: its scalar columns.
+
+    Other float arrays (another embedding) stay in the input; names the output has already, and
+    `_`-prefixed working names, are left out.
+    """
+    from pyspark.sql import types as T
+
+    own = {"uid", "cluster_id", "distance", "top_clusters", "top_distances", embedding_col, blob_column(embedding_col)}
+    return [
+        f.name for f in df.schema.fields
+        if f.name not in own and not f.name.startswith("_")
+        and not (isinstance(f.dataType, T.ArrayType) and isinstance(f.dataType.elementType, (T.FloatType, T.DoubleType)))
+    ]
+
+
+def clustered(df):
+    """Each cluster whole in one partition (one written file) and its rows contiguous there."""
+    return df.repartition("cluster_id").sortWithinPartitions("cluster_id")
+
+
+def input_identity(ctx: Context) -> dict[str, Any]:
+    """The input as prune compares it: its qualified path and, for a stage output, its marker's fingerprint and time."""
+    up = ctx.input()
+    made = {k: up.marker.get(k) for k in ("fingerprint", "at")} if up.marker else None
+    return {"path": ctx.run.fs.qualify(up.path), "made": made}
 
 
 # --- stage runner -----------------------------------------------------------------------------
@@ -193,8 +232,10 @@ def run(ctx: Context) -> Output:
     """Train k-means on a sample of the input's embeddings and assign every row: `<run>/cluster`.
 
     Input: a run folder (its embed stage output) or any Parquet with `uid` and the embedding
-    column. Output data: uid, cluster_id, distance, top_clusters, top_distances; centroids.npy
-    beside it; invalid embeddings go to the ledger as invalid_embedding.
+    column. Output data: uid, cluster_id, distance, top_clusters, top_distances, then (with
+    carry_input) `<embedding_col>_f32`, the embedding as binary little-endian float32, and the
+    input's scalar columns, clustered by cluster_id;
+    centroids.npy beside it; invalid embeddings go to the ledger as invalid_embedding.
     """
     from pyspark.sql import functions as F
 
@@ -218,9 +259,21 @@ def run(ctx: Context) -> Output:
     trained = train_kmeans(x, c.k, c.niter, ctx.seed, c.spherical)
     train_s = time.time() - t0
     log.info("cluster: k-means k=%d on %d points in %.1fs (gpu=%s)", c.k, len(x), train_s, trained["gpu"])
+    scalars = carried_columns(df, c.embedding_col) if c.carry_input else []
+    blob = blob_column(c.embedding_col) if c.carry_input else None
+    decided = with_cluster_assignments(
+        df.select("uid", emb.alias("_emb"), *scalars), trained["centroids"], c.top_m, c.spherical, scalars, blob
+    )
+    extra = [blob, *scalars] if c.carry_input else []
+
+    def shape(kept):
+        out = select_contract(kept, "cluster", extra=extra)
+        return clustered(out) if c.carry_input else out
+
+    layout = {"carried": extra, "clustered_by": "cluster_id", "input_identity": input_identity(ctx)} if c.carry_input else {"carried": []}
     return Output(
-        decided=with_cluster_assignments(checked, trained["centroids"], c.top_m, c.spherical),
-        shape=lambda kept: select_contract(kept, "cluster"),
+        decided=decided,
+        shape=shape,
         files={"centroids.npy": centroids_bytes(trained["centroids"])},
         stats={
             "input": source,
@@ -239,6 +292,7 @@ def run(ctx: Context) -> Output:
             "faiss_version": trained["faiss_version"],
             "gpu": trained["gpu"],
             "train_seconds": round(train_s, 3),
+            **layout,
         },
     )
 

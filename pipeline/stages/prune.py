@@ -86,55 +86,91 @@ class PruneError(UserError):
 # --- Spark adapters -----------------------------------------------------------------------------
 
 
-def with_similarity(members, block_size: int):
-    """Needs uid, cluster_id, distance, _emb (array<float>) and _detail (null = valid embedding).
-    Per cluster, adds rank, max_sim_earlier, most_similar_uid (null for invalid rows); drops _emb.
-    Other columns pass through.
+def with_similarity(members, dim: int, block_size: int, eps: float, walk: bool = False):
+    """Needs uid, cluster_id, distance and _emb (array<float> or binary float32, unchecked); other
+    columns pass through.
 
-    One `applyInArrow` call per cluster: a whole cluster is in one task. (A hash partition by
-    cluster, a sort within partitions and one `mapInArrow` walking each partition's clusters
-    measured the same, 16.1 vs 16.3 s at 1M rows and k=1000, 6.9-7.5 s either way at 200k and
-    k=200: Spark 4's per-group machinery is not what costs here.) Memory: one cluster's
-    n_j x dim floats plus one block_size x block_size block.
+    Per cluster, adds rank, max_sim_earlier, most_similar_uid, _detail (why the embedding cannot
+    be used, null when it can: checked in numpy, embedding_problems) and _position (SemDeDup
+    survivors at this eps up to and including the member, in rank order); drops _emb. For invalid
+    rows only _detail is set.
+
+    `walk`: the members are a clustered cluster output read one file per task (each cluster whole
+    and contiguous in one file): one `mapInArrow` walks each partition's clusters in order, with no
+    shuffle. Otherwise one `groupBy("cluster_id").applyInArrow` call per cluster, behind a shuffle.
+    (Walking the partitions of a shuffle measured the same as applyInArrow, 16.1 vs 16.3 s at 1M
+    and k=1000: what costs is the shuffle, not Spark 4's per-group machinery.) Memory: one
+    cluster's n_j x dim floats plus one block_size x block_size block (and, walking, one batch).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import to_arrow_schema
 
-    from pipeline.kernels.semdedup import dedup_cluster
+    from pipeline.kernels.kmeans import embedding_problems
+    from pipeline.kernels.semdedup import dedup_cluster, semantic_duplicates
 
     out_schema = T.StructType(
         [f for f in members.schema.fields if f.name != "_emb"]
         + [
-            T.StructField("rank", T.LongType(), True),  # null for invalid embeddings
+            T.StructField("rank", T.LongType(), True),
             T.StructField("max_sim_earlier", T.FloatType(), True),
             T.StructField("most_similar_uid", T.StringType(), True),
+            T.StructField("_detail", T.StringType(), True),
+            T.StructField("_position", T.LongType(), True),
         ]
     )
+    arrow_schema = to_arrow_schema(out_schema)
 
     def per_cluster(table: pa.Table) -> pa.Table:
-        valid = pc.is_null(table.column("_detail"))
-        invalid = table.filter(pc.invert(valid)).drop_columns(["_emb"])
-        table = table.filter(valid)
-        uids = table.column("uid").to_pylist()
-        distance = table.column("distance").to_numpy()
-        emb = table.column("_emb").combine_chunks()
-        x = pc.list_flatten(emb).to_numpy(zero_copy_only=False).reshape(len(uids), -1) if uids else np.zeros((0, 1), np.float32)
-        r = dedup_cluster(uids, distance, x, block_size)
-        out = table.drop_columns(["_emb"]).take(pa.array(r["index"], pa.int64()))
-        sim = r["max_sim_earlier"]
-        most = [uids[i] if i >= 0 else None for i in r["most_similar"]]
-        out = (
-            out.append_column("rank", pa.array(r["rank"], pa.int64()))
-            .append_column("max_sim_earlier", pa.array(sim, pa.float32(), mask=np.isnan(sim)))
-            .append_column("most_similar_uid", pa.array(most, pa.string()))
-        )
-        nulls = [pa.nulls(len(invalid), f.type) for f in out.schema][-3:]
-        for name, column in zip(("rank", "max_sim_earlier", "most_similar_uid"), nulls, strict=True):
-            invalid = invalid.append_column(name, column)
-        return pa.concat_tables([out, invalid.cast(out.schema)])
+        valid, why, x = embedding_problems(table.column("_emb"), dim)
+        body = table.drop_columns(["_emb"])
+        good = body.filter(pa.array(valid))
+        uids = good.column("uid").combine_chunks() if good.num_rows else pa.array([], pa.string())
+        r = dedup_cluster(uids.to_numpy(zero_copy_only=False), good.column("distance").to_numpy(), x, block_size)
+        sim, most = r["max_sim_earlier"], r["most_similar"]
+        position = np.cumsum(~semantic_duplicates(sim, eps))
+        out = good.take(pa.array(r["index"], pa.int64()))
+        for name, column in (
+            ("rank", pa.array(r["rank"], pa.int64())),
+            ("max_sim_earlier", pa.array(sim, pa.float32(), mask=np.isnan(sim))),
+            ("most_similar_uid", pc.take(uids, pa.array(np.maximum(most, 0), pa.int64(), mask=most < 0))),
+            ("_detail", pa.nulls(out.num_rows, pa.string())),
+            ("_position", pa.array(position, pa.int64())),
+        ):
+            out = out.append_column(name, column)
+        parts = [out.cast(arrow_schema)]
+        if not valid.all():
+            bad = body.filter(pa.array(~valid))
+            for name in ("rank", "max_sim_earlier", "most_similar_uid"):
+                bad = bad.append_column(name, pa.nulls(bad.num_rows, arrow_schema.field(name).type))
+            bad = bad.append_column("_detail", pa.array([why[i] for i in np.flatnonzero(~valid)], pa.string()))
+            parts.append(bad.append_column("_position", pa.nulls(bad.num_rows, pa.int64())).cast(arrow_schema))
+        return pa.concat_tables(parts)
 
-    return members.groupBy("cluster_id").applyInArrow(per_cluster, out_schema)
+    if not walk:
+        return members.groupBy("cluster_id").applyInArrow(per_cluster, out_schema)
+
+    def walk_partition(batches):
+        """Each run of one cluster_id is a cluster. (A cluster found in two runs or two files gets
+        two rank 0s: cluster_survivors refuses that.)"""
+        pending: list = []
+        current = None
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            cid = batch.column("cluster_id").to_numpy(zero_copy_only=False)
+            starts = np.concatenate([[0], np.flatnonzero(cid[1:] != cid[:-1]) + 1])
+            for a, b in zip(starts, [*starts[1:], len(cid)], strict=True):
+                if cid[a] != current and pending:
+                    yield from per_cluster(pa.Table.from_batches(pending)).to_batches()
+                    pending = []
+                current = cid[a]
+                pending.append(batch.slice(a, b - a))
+        if pending:
+            yield from per_cluster(pa.Table.from_batches(pending)).to_batches()
+
+    return members.mapInArrow(walk_partition, out_schema)
 
 
 def with_rank(members):
@@ -178,6 +214,8 @@ def cluster_survivors(members) -> list:
     """Rows of (cluster_id, size = valid members, n = SemDeDup survivors, dsum = their distances' sum).
 
     The distance sum is a decimal sum: exact, so d_intra does not depend on the partitioning.
+    Raises when a cluster was ranked in more than one piece (more than one rank 0): its
+    similarities would miss pairs across the pieces.
     """
     from pyspark.sql import functions as F
 
@@ -188,9 +226,16 @@ def cluster_survivors(members) -> list:
             F.sum(F.col("_valid").cast("long")).alias("size"),
             F.sum(surv.cast("long")).alias("n"),
             F.sum(F.when(surv, F.col("distance").cast("decimal(18,12)"))).alias("dsum"),
+            F.sum((F.col("rank") == 0).cast("long")).alias("heads"),
         )
         .collect()
     )
+    split = sorted(int(r["cluster_id"]) for r in rows if (r["heads"] or 0) > 1)
+    if split:
+        raise PruneError(
+            f"prune: clusters {split[:5]} were read in more than one piece; their cluster output is not "
+            "clustered one cluster per file (rerun cluster, or run it with --no-carry-input)"
+        )
     return rows
 
 
@@ -203,7 +248,8 @@ def _survivor_flags(members, eps: float | None):
 
 
 def with_prune_decisions(members, limits, eps: float | None, max_per_cluster: int | None):
-    """Needs the members (with _valid, _dup, _survivor, rank) and limits (cluster_id, quota, limit, n).
+    """Needs the members (with _valid, _dup, _survivor, rank; _position when known) and limits
+    (cluster_id, quota, limit, n).
 
     Adds _reason and _detail: invalid_embedding, semantic_duplicate, density_pruned, cluster_capped.
     """
@@ -212,11 +258,11 @@ def with_prune_decisions(members, limits, eps: float | None, max_per_cluster: in
 
     from pipeline.core import reasons as R
 
-    w = Window.partitionBy("cluster_id").orderBy("rank").rowsBetween(Window.unboundedPreceding, Window.currentRow)
     pos = F.col("_position")
-    df = members.withColumn("_position", F.sum(F.col("_survivor").cast("long")).over(w)).join(
-        F.broadcast(limits), on="cluster_id", how="left"
-    )
+    if "_position" not in members.columns:  # (with_similarity computes it per cluster already)
+        w = Window.partitionBy("cluster_id").orderBy("rank").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        members = members.withColumn("_position", F.sum(F.col("_survivor").cast("long")).over(w))
+    df = members.join(F.broadcast(limits), on="cluster_id", how="left")
     reason = (
         F.when(~F.col("_valid"), F.lit(R.INVALID_EMBEDDING))
         .when(F.col("_dup"), F.lit(R.SEMANTIC_DUPLICATE))
@@ -230,6 +276,25 @@ def with_prune_decisions(members, limits, eps: float | None, max_per_cluster: in
         .when(pos > F.col("_limit"), F.format_string(f"cluster %d: cap {max_per_cluster}, position %d", F.col("cluster_id"), pos))
     )
     return df.withColumn("_reason", reason).withColumn("_detail", detail)
+
+
+# Spark reads each file of a clustered cluster output whole, in one task: no file split into
+# pieces (a split's size would be at most maxPartitionBytes) and no two files packed into one
+# task (each file counts openCostInBytes). 1 TiB is beyond any one file.
+ONE_FILE_PER_TASK = {"spark.sql.files.maxPartitionBytes": str(1 << 40), "spark.sql.files.openCostInBytes": str(1 << 40)}
+
+
+def reads_clustered(ctx: Context, cstats: dict[str, Any], clusters, needed: list[str]) -> bool:
+    """Whether the cluster output holds this input's rows, clustered (cluster's carry_input), with
+    the `needed` columns: then prune reads it alone. Same input: same qualified path and, for a
+    stage output, the same marker (fingerprint and time)."""
+    from pipeline.stages.cluster import input_identity
+
+    return (
+        cstats.get("clustered_by") == "cluster_id"
+        and cstats.get("input_identity") == input_identity(ctx)
+        and all(c in clusters.columns for c in needed)
+    )
 
 
 # --- stage runner -----------------------------------------------------------------------------
@@ -281,8 +346,9 @@ def run(ctx: Context) -> Output:
     from pyspark.sql import types as T
 
     from pipeline.core.contracts import require_columns, select_contract
+    from pipeline.core.folder import sql_conf
     from pipeline.kernels.dbp import dbp_quotas, inter_cluster_distance, kept_total
-    from pipeline.stages.cluster import load_centroids, with_embedding_check
+    from pipeline.stages.cluster import blob_column, load_centroids
 
     p: PruneConfig = ctx.cfg
     spark, run = ctx.spark, ctx.run
@@ -302,27 +368,36 @@ def run(ctx: Context) -> Output:
         if f.name not in taken and not f.name.startswith("_")
         and not (isinstance(f.dataType, T.ArrayType) and isinstance(f.dataType.elementType, (T.FloatType, T.DoubleType)))
     ]
-    members = clusters.select("uid", "cluster_id", "distance").join(
-        embed.select("uid", *extras, *([emb_col] if compute_sim else [])),
-        on="uid", how="left",
-    )
-    if compute_sim:
-        members = with_similarity(with_embedding_check(members, emb_col, centroids.shape[1]).drop(emb_col), p.block_size)
-    elif sim_source:
-        stored = spark.read.parquet(sim_source)
-        require_columns(stored, SIMILARITY_COLUMNS, "prune --similarity")
-        members = members.join(
-            stored.select("uid", F.col("cluster_id").alias("_stored_cluster"), "rank", "max_sim_earlier", "most_similar_uid"),
-            on="uid", how="left",
-        ).withColumn("_detail", F.lit(None).cast("string"))
+    dim = centroids.shape[1]
+    blob = blob_column(emb_col)
+    walk = compute_sim and reads_clustered(ctx, cstats, clusters, [blob, *extras])
+    if walk:
+        # The cluster stage wrote this input's rows clustered: no join, no shuffle.
+        members = with_similarity(
+            clusters.select("uid", "cluster_id", "distance", *extras, F.col(blob).alias("_emb")),
+            dim, p.block_size, p.dedup_eps, walk=True,
+        )
     else:
-        members = with_rank(members).withColumn("_detail", F.lit(None).cast("string"))
+        emb = [F.col(emb_col).cast("array<float>").alias("_emb")] if compute_sim else []
+        members = clusters.select("uid", "cluster_id", "distance").join(embed.select("uid", *extras, *emb), on="uid", how="left")
+        if compute_sim:
+            members = with_similarity(members, dim, p.block_size, p.dedup_eps)
+        elif sim_source:
+            stored = spark.read.parquet(sim_source)
+            require_columns(stored, SIMILARITY_COLUMNS, "prune --similarity")
+            members = members.join(
+                stored.select("uid", F.col("cluster_id").alias("_stored_cluster"), "rank", "max_sim_earlier", "most_similar_uid"),
+                on="uid", how="left",
+            ).withColumn("_detail", F.lit(None).cast("string"))
+        else:
+            members = with_rank(members).withColumn("_detail", F.lit(None).cast("string"))
 
     tmp = ctx.scratch("members")
     t0 = time.time()
-    members.write.parquet(tmp)  # the expensive per-cluster work, done once
+    with sql_conf(spark, ONE_FILE_PER_TASK if walk else {}):
+        members.write.parquet(tmp)  # the expensive per-cluster work, done once
     members = spark.read.parquet(tmp)
-    log.info("prune: per-cluster similarities in %.1fs", time.time() - t0)
+    log.info("prune: per-cluster similarities in %.1fs (%s)", time.time() - t0, "clustered cluster output" if walk else "joined")
     if sim_source:
         bad = members.where(F.col("rank").isNull() | (F.col("_stored_cluster") != F.col("cluster_id"))).count()
         if bad:
@@ -357,7 +432,11 @@ def run(ctx: Context) -> Output:
         [(i, int(quota[i]), int(limit[i]), int(n[i])) for i in range(k)],
         "cluster_id int, _quota long, _limit long, _n long",
     )
-    decided = with_prune_decisions(members, limits, p.dedup_eps, p.max_per_cluster)
+    # Only what the data and the ledger take: the decided rows are cached for those two writes,
+    # and at 1M rows caching every working column cost twice the time of caching these.
+    decided = with_prune_decisions(members, limits, p.dedup_eps, p.max_per_cluster).select(
+        "uid", "cluster_id", "distance", "rank", *extras, "_reason", "_detail"
+    )
     stats_table = {
         "cluster": np.arange(k), "size": size, "d_intra": d_intra, "d_inter": d_inter, "complexity": complexity,
         "probability": probability, "quota": quota.astype(np.float64) if p.keep_fraction is not None else np.full(k, np.nan),
@@ -383,6 +462,7 @@ def run(ctx: Context) -> Output:
             "floor_ratio": p.floor_ratio,
             "max_per_cluster": p.max_per_cluster,
             "block_size": p.block_size,
+            "members_from": "clustered cluster output" if walk else "cluster output joined to the input",
             "members": int(size.sum()),
             "after_dedup": int(n.sum()),
             "after_dbp": int(quota.sum()),
