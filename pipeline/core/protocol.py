@@ -94,6 +94,10 @@ class Output:
     stats: dict[str, Any] = field(default_factory=dict)
     # More stats from the decided rows (computed once: they are cached for the two writes).
     stats_from: Callable[[Any], dict[str, Any]] | None = None
+    # Cache the decided rows for the two writes (data, ledger). False when computing them again
+    # costs less than caching them: a stage whose decided rows are a read of its own scratch
+    # table with cheap columns added (prune). They must then be the same on every computation.
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -307,14 +311,15 @@ def _write_rows(ctx: Context, out: Output) -> dict[str, Any]:
     """Kept rows to `data/`, every row to the ledger, from one computation of the decided rows.
 
     The decided rows are cached (memory, spilling to the executors' local disks) for the two
-    writes, instead of being written whole to the run folder first.
+    writes, instead of being written whole to the run folder first; with `out.cache` off each
+    write computes them.
     """
     from pyspark import StorageLevel
 
     from pipeline.core.ledger import split_decisions
 
     spark, run, name = ctx.spark, ctx.run, ctx.stage.name
-    decided = out.decided.persist(StorageLevel.MEMORY_AND_DISK)
+    decided = out.decided.persist(StorageLevel.MEMORY_AND_DISK) if out.cache else out.decided
     try:
         kept, ledger = split_decisions(decided)
         data = out.shape(kept) if out.shape else kept
@@ -327,7 +332,8 @@ def _write_rows(ctx: Context, out: Output) -> dict[str, Any]:
         ledger.write.option("compression", "zstd").parquet(run.ledger_dir(name))
         extra = out.stats_from(decided) if out.stats_from else {}
     finally:
-        decided.unpersist()
+        if out.cache:
+            decided.unpersist()
     written = spark.read.parquet(run.ledger_dir(name))
     by = written.groupBy("decision", "reason").count().collect()
     kept_n = sum(r["count"] for r in by if r["decision"] == "kept")
