@@ -13,8 +13,8 @@ What it measures, in one run, on the same images:
                    tokenizing, the model, and one Parquet file written per shard.
 
 Printed: images/s of each and the ratio (b)/(a), with (b) both including and excluding the
-workers' start-up (fresh interpreters importing torch). The same functions, with ViT-B-32 in
-fp16 on a GPU, are bench/bench_embed_gpu.py.
+workers' start-up (fresh interpreters importing torch) and shut-down (their exit at the end).
+The same functions, with ViT-B-32 in fp16 on a GPU, are bench/bench_embed_gpu.py.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def compare(model: str, device: str, precision: str, n_images: int, batch_size: 
     print(f"  (a) model only (image + text)      {alone:9.1f} images/s")
     print(f"  (b) end to end, whole run          {e2e:9.1f} images/s   ratio (b)/(a) = {e2e / alone:.2f}")
     print(f"  (b) end to end, after start-up     {steady:9.1f} images/s   ratio (b)/(a) = {steady / alone:.2f}"
-          f"   (worker start-up {summary['startup_seconds']:.1f}s)")
+          f"   (worker start-up {summary['startup_seconds']:.1f}s, shut-down {summary['shutdown_seconds']:.1f}s)")
     return {"model_only": alone, "end_to_end": e2e, "end_to_end_after_startup": steady, "device": name}
 
 

@@ -9,7 +9,7 @@ tokens; (b) end to end: `embed_shards` over img2dataset-like WebDataset tars (25
 with captions), decode and resize in --workers DataLoader processes (default: all cores but
 two), one Parquet file per shard. MISSION.md's target: (b) at least 0.8 of (a), i.e. the GPU,
 not image decoding, limits the stage. Printed: the GPU, images/s of (a) and (b) and the ratio
-(b)/(a), with (b) both including and excluding the workers' start-up. Exits with a message
+(b)/(a), with (b) both including and excluding the workers' start-up and shut-down. Exits with a message
 when no GPU is present. The functions are bench/bench_embed_cpu.py's.
 """
 

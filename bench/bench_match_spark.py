@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--skip-rebuild", action="store_true")
     ap.add_argument("--repeat", type=int, default=2, help="warm stage calls after the cold one (best taken)")
     ap.add_argument("--jobs", action="store_true", help="list the warm stage call's Spark jobs and log lines")
+    ap.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="a Spark setting to try (repeatable)")
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"bench_match_spark: needs the real captions under {DATA}; not found")
@@ -118,6 +119,7 @@ def main() -> None:
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.files.maxPartitionBytes": str(pool_bytes // args.partitions + 1),
         "spark.sql.files.openCostInBytes": "1",
+        **dict(kv.split("=", 1) for kv in args.conf),
     }
     spark = get_spark(SparkConfig(master="local[2]", driver_memory="6g", conf=conf, ui=args.jobs), "bench-match")
     meta_path = f"{tmp}/metadata.json"

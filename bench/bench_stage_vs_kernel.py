@@ -436,8 +436,8 @@ def compare(args, spark, work: str) -> None:
     cpus: dict[str, float] = {}  # the stage's warm calls: the least CPU seconds
     for name in stages:
         if name == "cluster":
-            calls = [call_stage(spark, f"cluster-{w}", lambda: run_cluster(spark, pool, run_root, cfg, force=True), args.jobs and w == "warm")
-                     for w in ("cold", *["warm"] * args.repeat)]
+            calls = [call_stage(spark, f"cluster-{w}{i or ''}", lambda: run_cluster(spark, pool, run_root, cfg, force=True), args.jobs and w == "warm")
+                     for i, w in enumerate(("cold", *["warm"] * args.repeat))]
             warm = min(calls[1:], key=lambda c: c[0])
             times["cluster"] = (warm[0], calls[0][0])
             cpus["cluster"] = min(c[3] for c in calls[1:])
@@ -447,8 +447,8 @@ def compare(args, spark, work: str) -> None:
             if not os.path.exists(os.path.join(prune_root, "cluster")):
                 seconds, _, _, _ = call_stage(spark, "cluster-prep", lambda: run_cluster(spark, pool, prune_root, pcfg, force=True), False)
                 print(f"  prune's input: cluster stage with k={args.prune_k} in {seconds:.1f} s (not counted)")
-            calls = [call_stage(spark, f"prune-{w}", lambda: run_prune(spark, pool, None, prune_root, pcfg, force=True), args.jobs and w == "warm")
-                     for w in ("cold", *["warm"] * args.repeat)]
+            calls = [call_stage(spark, f"prune-{w}{i or ''}", lambda: run_prune(spark, pool, None, prune_root, pcfg, force=True), args.jobs and w == "warm")
+                     for i, w in enumerate(("cold", *["warm"] * args.repeat))]
             times["prune"] = (min(c[0] for c in calls[1:]), calls[0][0])
             cpus["prune"] = min(c[3] for c in calls[1:])
             s = calls[1][1]

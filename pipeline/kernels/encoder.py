@@ -392,7 +392,7 @@ def _embed_loop(
     errors: dict[str, str] = {}
     started = time.time()
     bar = tqdm(unit="img", desc="embed", disable=None if progress else True, smoothing=0.1)
-    first_at, first_images = None, 0
+    first_at, first_images, last_at = None, 0, None
     for item in loader:
         if first_at is None:
             # Worker start-up (fresh interpreters importing torch) ends here; rates after it are steady-state.
@@ -419,9 +419,12 @@ def _embed_loop(
                 log.warning("embed: shard %s partly readable: %s", p.name, p.error)
             write_shard(out_dir, p.name, _assemble(p, encoder.dim), {**meta, "fingerprint": fingerprints[p.name], "shard_error": p.error})
             written += 1
+        last_at = time.time()
+    # The loop ends once the decode workers have exited (a second or more of interpreter
+    # shutdown): a fixed cost per run like their start-up, kept out of the steady rate.
     bar.close()
     seconds = time.time() - started
-    steady = time.time() - first_at if first_at else 0.0
+    steady = last_at - first_at if first_at else 0.0
     return {
         "shards_written": written,
         "images_embedded": images,
@@ -429,6 +432,7 @@ def _embed_loop(
         "seconds": round(seconds, 3),
         "images_per_s": round(images / seconds, 2) if images and seconds > 0 else None,
         "startup_seconds": round(first_at - started, 3) if first_at else None,
+        "shutdown_seconds": round(time.time() - last_at, 3) if last_at else None,
         "images_per_s_after_startup": round((images - first_images) / steady, 2) if steady > 0 and images > first_images else None,
         "shard_errors": errors,
     }
