@@ -30,7 +30,7 @@ fi
 cat "$OUT/gpu.txt"
 
 # 1. Embed, end to end against the model alone (decode workers: all cores but two).
-timeout 300 "$PY" bench/bench_embed_gpu.py --model ViT-B-32 --precision fp16 --images 20000 --batch-size 256 \
+timeout 300 "$PY" bench/bench_embed_gpu.py --model ViT-B-32 --precision fp16 --images 50000 --batch-size 256 \
     > "$OUT/embed_gpu.txt" 2>&1
 echo "bench_embed_gpu exit $?" >> "$OUT/embed_gpu.txt"
 grep -v "WARN" "$OUT/embed_gpu.txt" | tail -8
