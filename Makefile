@@ -17,7 +17,7 @@ test: setup
 	$(PY) -m pytest -q --durations=25
 
 # Small deliberate bugs in the kernels, each run against the tests that cover its module
-# (bench/mutate.py; about 13 minutes on two cores, so not part of `make test`).
+# (bench/mutate.py; about 20 minutes on two cores, so not part of `make test`).
 mutate: setup
 	$(PY) bench/mutate.py
 

@@ -6,7 +6,7 @@ cover that module run (stopping at the first failure), and the fragment is put b
 is *caught* when some test fails; it *survived* when every test passed. The table at the end
 names, per mutation, the first test that failed.
 
-    python bench/mutate.py                 # every mutation (about 13 minutes on 2 cores)
+    python bench/mutate.py                 # every mutation (about 20 minutes on 2 cores)
     python bench/mutate.py --only semdedup # the mutations whose name contains 'semdedup'
     python bench/mutate.py --list          # names and files, nothing run
 
@@ -37,6 +37,7 @@ PRUNE_TESTS = ("tests/test_prune.py",)
 LEDGER_TESTS = ("tests/test_accounting.py", "tests/test_text_path.py")
 CLUSTER_TESTS = ("tests/test_cluster.py",)
 GUARD_TESTS = ("tests/test_urlguard.py", "tests/test_download.py")
+WORLD_TESTS = ("tests/test_worldwide.py",)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,29 @@ MUTATIONS = (
              '("loopback", "unspecified", "link_local", "multicast", "reserved", "private")',
              '("loopback", "unspecified", "multicast", "reserved", "private")', GUARD_TESTS,
              "link-local no longer its own class"),
+    Mutation("prune-walk-runs", "pipeline/stages/prune.py",
+             "starts = np.concatenate([[0], np.flatnonzero(cid[1:] != cid[:-1]) + 1])", "starts = np.array([0])",
+             PRUNE_TESTS, "walking the clustered copy, a batch holding several clusters is deduplicated as one"),
+    Mutation("cluster-zero-fast-path", "pipeline/kernels/kmeans.py",
+             "ok = np.isfinite(whole).all(axis=1) & (whole != 0).any(axis=1)", "ok = np.isfinite(whole).all(axis=1)",
+             CLUSTER_TESTS, "an all-zero embedding passes the whole-batch check"),
+    # --- worldwide curation (MetaCLIP 2; README "Worldwide curation") ------------------------
+    Mutation("world-pad-head", "pipeline/kernels/matcher.py", 'head = "" if is_cjk_or_similar(entry[0]) else " "',
+             'head = "" if is_cjk_or_similar(entry[-1]) else " "', WORLD_TESTS,
+             "an entry's leading space decided by its last character"),
+    Mutation("world-pad-tail", "pipeline/kernels/matcher.py", 'tail = "" if is_cjk_or_similar(entry[-1]) else " "',
+             'tail = " "', WORLD_TESTS, "entries ending in CJK-or-similar characters still need a space after them"),
+    Mutation("world-tail-share", "pipeline/kernels/worldwide.py", "counts[counts < t].sum()", "counts[counts <= t].sum()",
+             WORLD_TESTS, "the tail share counts entries whose count equals t"),
+    Mutation("world-threshold-sort", "pipeline/kernels/worldwide.py", "c = np.sort(np.asarray(counts, np.int64))",
+             "c = np.asarray(counts, np.int64)", WORLD_TESTS, "cumulative shares taken over unsorted counts"),
+    Mutation("world-threshold-tie", "pipeline/kernels/worldwide.py", "int(np.argmin(np.abs(share - p)))",
+             "int(len(share) - 1 - np.argmin(np.abs(share - p)[::-1]))", WORLD_TESTS,
+             "a tie in |share - p| goes to the last count, not the first"),
+    Mutation("world-own-t", "pipeline/kernels/worldwide.py", "t = t_by_language.get(lang)",
+             "t = t_by_language.get(meta.languages[0])", WORLD_TESTS, "every language takes the first language's t"),
+    Mutation("world-base-code", "pipeline/kernels/worldwide.py", 'base = code.strip().replace("_", "-").split("-")[0].lower()',
+             "base = code.strip().lower()", WORLD_TESTS, "zh-Hans or pt_BR no longer fall back to zh or pt"),
 )
 
 
