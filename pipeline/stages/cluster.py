@@ -197,20 +197,23 @@ def blob_column(embedding_col: str) -> str:
     return f"{embedding_col}_f32"
 
 
-def carried_columns(df, embedding_col: str) -> list[str]:
-    """The input's columns the output carries besides the embedding: its scalar columns.
-
-    Other float arrays (another embedding) stay in the input; names the output has already, and
-    `_`-prefixed working names, are left out.
-    """
+def scalar_columns(df, taken: set[str]) -> list[str]:
+    """The columns of `df` that ride along with a row: not float arrays (embeddings), not
+    `_`-prefixed working names, not in `taken`. Cluster carries these; prune keeps them."""
     from pyspark.sql import types as T
 
-    own = {"uid", "cluster_id", "distance", "top_clusters", "top_distances", embedding_col, blob_column(embedding_col)}
     return [
         f.name for f in df.schema.fields
-        if f.name not in own and not f.name.startswith("_")
+        if f.name not in taken and not f.name.startswith("_")
         and not (isinstance(f.dataType, T.ArrayType) and isinstance(f.dataType.elementType, (T.FloatType, T.DoubleType)))
     ]
+
+
+def carried_columns(df, embedding_col: str) -> list[str]:
+    """The input's columns the output carries besides the embedding: its scalar columns (names
+    the output has already are left out)."""
+    own = {"uid", "cluster_id", "distance", "top_clusters", "top_distances", embedding_col, blob_column(embedding_col)}
+    return scalar_columns(df, own)
 
 
 def clustered(df):

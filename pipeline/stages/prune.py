@@ -343,12 +343,11 @@ def run(ctx: Context) -> Output:
     `clusters`: a run folder or cluster stage folder (default: the run folder).
     """
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
     from pipeline.core.contracts import require_columns, select_contract
     from pipeline.core.folder import sql_conf
     from pipeline.kernels.dbp import dbp_quotas, inter_cluster_distance, kept_total
-    from pipeline.stages.cluster import blob_column, load_centroids
+    from pipeline.stages.cluster import blob_column, load_centroids, scalar_columns
 
     p: PruneConfig = ctx.cfg
     spark, run = ctx.spark, ctx.run
@@ -362,12 +361,7 @@ def run(ctx: Context) -> Output:
     require_columns(clusters, ("uid", "cluster_id", "distance"), STAGE_NAME)
     embed = spark.read.parquet(embed_source)
     require_columns(embed, ("uid", emb_col) if compute_sim else ("uid",), STAGE_NAME)
-    taken = {"uid", "cluster_id", "distance", "rank", "max_sim_earlier", "most_similar_uid"}
-    extras = [
-        f.name for f in embed.schema.fields
-        if f.name not in taken and not f.name.startswith("_")
-        and not (isinstance(f.dataType, T.ArrayType) and isinstance(f.dataType.elementType, (T.FloatType, T.DoubleType)))
-    ]
+    extras = scalar_columns(embed, {"uid", "cluster_id", "distance", "rank", "max_sim_earlier", "most_similar_uid"})
     dim = centroids.shape[1]
     blob = blob_column(emb_col)
     walk = compute_sim and reads_clustered(ctx, cstats, clusters, [blob, *extras])
