@@ -214,11 +214,9 @@ def _whole_rows(emb, dim: int) -> np.ndarray | None:
         return None
     n = len(emb)
     if pa.types.is_binary(emb.type) or pa.types.is_large_binary(emb.type):
-        width = np.int64 if pa.types.is_large_binary(emb.type) else np.int32
-        offsets = np.frombuffer(emb.buffers()[1], width)[emb.offset : emb.offset + n + 1]
+        offsets, data = _binary_buffers(emb)
         if n and not (np.diff(offsets) == dim * 4).all():
             return None
-        data = np.frombuffer(emb.buffers()[2], np.uint8) if n else np.zeros(0, np.uint8)
         return data[offsets[0] : offsets[0] + n * dim * 4].view("<f4").astype(np.float32, copy=False).reshape(n, dim)
     lengths = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
     if n and not (lengths == dim).all():
@@ -229,13 +227,19 @@ def _whole_rows(emb, dim: int) -> np.ndarray | None:
     return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
 
 
-def _blob_values(emb, nbytes: np.ndarray, skip: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The float32 values of a binary column's rows of `dim` values (others skipped), and each value's row."""
+def _binary_buffers(emb) -> tuple[np.ndarray, np.ndarray]:
+    """A binary column's row offsets (as int64, len + 1) and its data bytes (a view of its buffer)."""
     import pyarrow as pa
 
     width = np.int64 if pa.types.is_large_binary(emb.type) else np.int32
-    offsets = np.frombuffer(emb.buffers()[1], width)[emb.offset : emb.offset + len(emb) + 1].astype(np.int64)
+    offsets = np.frombuffer(emb.buffers()[1], width)[emb.offset : emb.offset + len(emb) + 1].astype(np.int64, copy=False)
     data = np.frombuffer(emb.buffers()[2], np.uint8) if emb.buffers()[2] is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
+def _blob_values(emb, nbytes: np.ndarray, skip: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 values of a binary column's rows of `dim` values (others skipped), and each value's row."""
+    offsets, data = _binary_buffers(emb)
     rows = np.flatnonzero(~skip)
     if len(rows) == len(emb) and (len(rows) == 0 or offsets[-1] - offsets[0] == len(rows) * dim * 4):
         flat = data[offsets[0] : offsets[-1]].view("<f4")  # every row whole and back to back: a view
